@@ -1,0 +1,1 @@
+"""classifier_svc: image classification over gRPC (vision.v1.Classifier)."""

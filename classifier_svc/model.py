@@ -1,0 +1,139 @@
+"""The classifier runtime, pure torch: loaded models, preprocessing, batched prediction. No gRPC here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vision.batching import DynamicBatcher
+from vision.devices import resolve_device
+from vision.imaging import ImageLimits, decode_image
+from vision.preprocess import Preprocessing
+from vision.registry import ModelRegistry
+from vision.store import ModelStore, ModelVersion
+from vision.weights import load_classifier
+
+
+@dataclass(eq=False)
+class LoadedClassifier:
+    """A stored version in memory, ready for batched inference on ``device``."""
+
+    version: ModelVersion
+    module: nn.Module
+    preprocessing: Preprocessing
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.version.metadata.class_names
+
+    @torch.inference_mode()
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities, float32 on the CPU, shape (N, num_classes), for a (N, 3, H, W) batch."""
+        x = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.to(dtype=self.dtype, memory_format=torch.channels_last)
+        return torch.softmax(self.module(x).float(), dim=1).cpu()
+
+
+def load(version: ModelVersion, device: torch.device, half: bool = True, warmup_batch: int = 1) -> LoadedClassifier:
+    """Load and warm up ``version`` (first-call allocations and kernel selection happen here, not in a request)."""
+    meta = version.metadata
+    module = load_classifier(version, device)
+    dtype = torch.float32
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if half:
+            module, dtype = module.half(), torch.float16
+    prep = Preprocessing(meta.resize_size, meta.input_size, tuple(meta.mean), tuple(meta.std))
+    loaded = LoadedClassifier(version, module, prep, device, dtype)
+    loaded.predict(torch.zeros(warmup_batch, 3, meta.input_size, meta.input_size))
+    return loaded
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Top-k (class_id, label, score) highest first, the version that answered, and where time went (ms)."""
+
+    classes: list[tuple[int, str, float]]
+    model_name: str
+    model_version: str
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+class ClassifierEngine:
+    """Decodes images in the caller's thread and batches the forward passes of concurrent callers."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        device: str = "auto",
+        half: bool = True,
+        default_model: str = "",
+        max_batch_size: int = 16,
+        max_batch_delay_ms: float = 4.0,
+        max_queue: int = 256,
+        poll_interval_s: float = 2.0,
+        image_limits: ImageLimits | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.image_limits = image_limits or ImageLimits()
+        self.registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
+            store,
+            lambda v: load(v, self.device, half),
+            default_model=default_model,
+            poll_interval_s=poll_interval_s,
+        )
+        self.batcher: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=max_batch_size,
+            max_delay_s=max_batch_delay_ms / 1000,
+            max_queue=max_queue,
+            name="classifier-batcher",
+        )
+
+    def start(self) -> None:
+        self.registry.start()
+
+    def close(self) -> None:
+        self.registry.stop()
+        self.batcher.close(timeout=10)
+
+    @staticmethod
+    def _run_batch(model: LoadedClassifier, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(model.predict(torch.stack(list(items))))
+
+    def classify(
+        self, image: bytes, *, model_name: str = "", version: str = "", top_k: int = 5, timeout: float | None = None
+    ) -> Classification:
+        """Top-``top_k`` classes of ``image`` (clamped to the model's class count).
+
+        Decoding and preprocessing run in the caller's thread; the forward pass is batched with other callers'.
+        """
+        start = time.perf_counter()
+        name, resolved_version, model = self.registry.get(model_name, version)
+        tensor = model.preprocessing(decode_image(image, self.image_limits))
+        decode_ms = (time.perf_counter() - start) * 1000
+        future = self.batcher.submit(model, tensor)
+        try:
+            batched = future.result(timeout=timeout)
+        except BaseException:
+            future.cancel()
+            raise
+        probs = batched.value
+        k = min(top_k, probs.numel())
+        scores, indices = torch.topk(probs, k)
+        names = model.class_names
+        classes = [(int(i), names[int(i)], float(s)) for s, i in zip(scores, indices, strict=True)]
+        return Classification(
+            classes, name, resolved_version, decode_ms, batched.queue_ms, batched.inference_ms, batched.batch_size
+        )

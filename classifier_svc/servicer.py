@@ -1,0 +1,47 @@
+"""vision.v1.Classifier over gRPC: validate, convert, call the engine. Errors map in `maps_errors`."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from classifier_svc.model import ClassifierEngine
+from vision.errors import InvalidArgument
+from vision.rpc_errors import maps_errors
+from vision.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
+
+DEFAULT_TOP_K = 5
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(self, engine: ClassifierEngine, max_top_k: int = 100) -> None:
+        self._engine = engine
+        self._max_top_k = max_top_k
+
+    @maps_errors
+    def Classify(
+        self, request: classifier_pb2.ClassifyRequest, context: grpc.ServicerContext
+    ) -> classifier_pb2.ClassifyResponse:
+        start = time.perf_counter()
+        top_k = request.top_k or DEFAULT_TOP_K
+        if not 1 <= top_k <= self._max_top_k:
+            raise InvalidArgument(f"top_k must be between 1 and {self._max_top_k}, got {request.top_k}")
+        result = self._engine.classify(
+            request.image,
+            model_name=request.model.name,
+            version=request.model.version,
+            top_k=top_k,
+            timeout=context.time_remaining(),
+        )
+        return classifier_pb2.ClassifyResponse(
+            classes=[common_pb2.ScoredClass(class_id=i, label=label, score=s) for i, label, s in result.classes],
+            model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
+            timing=common_pb2.Timing(
+                decode_ms=result.decode_ms,
+                queue_ms=result.queue_ms,
+                inference_ms=result.inference_ms,
+                total_ms=(time.perf_counter() - start) * 1000,
+                batch_size=result.batch_size,
+            ),
+        )

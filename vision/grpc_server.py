@@ -1,0 +1,93 @@
+"""gRPC server bootstrap shared by every service: health, reflection, message limits, graceful shutdown.
+
+Health follows grpc.health.v1: NOT_SERVING until the service calls ``set_serving()`` (its models loaded and
+warmed up), SERVING after, NOT_SERVING again the moment shutdown starts, so load balancers stop sending
+traffic while in-flight calls finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: tuple[str, ...]
+
+    def set_serving(self) -> None:
+        """Report SERVING for the whole server and each of its services."""
+        for name in ("", *self.service_names):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """NOT_SERVING at once, refuse new calls, let in-flight ones finish within ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        return self.server.stop(grace)
+
+
+def create_server(
+    address: str,
+    register: Callable[[grpc.Server], Iterable[str]],
+    *,
+    max_message_bytes: int,
+    max_workers: int = 32,
+) -> GrpcServer:
+    """Build and start a server on ``address`` ("host:0" picks a free port, returned as ``port``).
+
+    ``register(server)`` adds the servicers and returns their full service names (for health and reflection).
+    """
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    names = tuple(register(server))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {address}")
+    server.start()
+    return GrpcServer(server, port, health_servicer, names)
+
+
+def serve_until_signalled(grpc_server: GrpcServer, grace: float, on_stop: Callable[[], None] | None = None) -> None:
+    """Block until SIGTERM or SIGINT, then shut down gracefully (health first, then drain)."""
+    stopping = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("received %s: NOT_SERVING, draining in-flight calls for up to %.0fs",
+                 signal.Signals(signum).name, grace)
+        grpc_server.stop(grace)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    grpc_server.server.wait_for_termination()
+    if on_stop is not None:
+        on_stop()
+    log.info("stopped")

@@ -1,0 +1,117 @@
+"""Untrusted image bytes in, a decoded RGB image out, or an `InvalidImage` saying what was wrong.
+
+Checks run cheapest first: size, the format's magic bytes against an allow-list, the declared pixel count
+(read from the header, so a decompression bomb is refused before any pixel is decoded), then the full decode.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from vision.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+
+# Signatures of formats we recognise, to tell a user what they sent. Checked in order.
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"WEBP", 8, "WEBP"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"8BPS", 0, "PSD"),
+    (b"%PDF", 0, "PDF"),
+    (b"%!PS", 0, "EPS"),
+    (b"\xc5\xd0\xd3\xc6", 0, "EPS"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000"),
+    (b"\xffO\xffQ", 0, "JPEG 2000"),
+    (b"GIF8", 0, "GIF"),
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"\x00\x00\x01\x00", 0, "ICO"),
+)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits applied to every uploaded image."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format named by the file's magic bytes, or None when unrecognised."""
+    for signature, offset, name in _SIGNATURES:
+        if data[offset : offset + len(signature)] == signature:
+            if name == "WEBP" and not data.startswith(b"RIFF"):
+                continue
+            return name
+    return None
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
+    """Decode ``data`` into an RGB image, EXIF orientation applied (so pixels are as the user sees the photo).
+
+    Raises `InvalidImage` (or a subclass) with a message for the user; never decodes more than
+    ``limits.max_pixels`` pixels.
+    """
+    limits = limits or ImageLimits()
+    if not data:
+        raise InvalidImage("the file is empty (0 bytes): send a JPEG, PNG, WebP or BMP image")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(
+            f"the image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes"
+        )
+    kind = sniff_format(data)
+    if kind is None:
+        raise InvalidImage("the file is not an image: accepted formats are JPEG, PNG, WebP and BMP")
+    if kind not in ALLOWED_FORMATS:
+        raise UnsupportedImageFormat(
+            f"{kind} images are not accepted (whatever the file name says): send JPEG, PNG, WebP or BMP"
+        )
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (or raises) about bombs itself; our own limit below is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[kind])
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise InvalidImage(f"the image declares an empty size {width}x{height}")
+            if width * height > limits.max_pixels:
+                raise ImageTooLarge(
+                    f"the image declares {width}x{height} = {width * height} pixels, over the limit of "
+                    f"{limits.max_pixels} pixels; downscale it before sending"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (InvalidImage, ImageTooLarge):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image is too large to decode safely: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
+        raise InvalidImage(f"the {kind} image is corrupt or truncated and cannot be decoded ({exc})") from exc
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten transparency onto white (as a viewer shows it) and convert to 8-bit RGB."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of ``image`` (fast compression: these go straight back to a client)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,52 @@
+"""Typed settings from environment variables, shared by every service.
+
+Each service has its own prefix (``VISION_CLASSIFIER_``, ``VISION_GATEWAY_`` ...); the few settings every
+service shares (model store, log format, image limits) have fixed names without a service prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vision.imaging import ImageLimits
+
+# The largest gRPC message a service accepts: the image limit plus room for the other fields.
+MESSAGE_OVERHEAD_BYTES = 1 * 1024 * 1024
+
+
+def shared(env_name: str, default: Any, description: str) -> Any:
+    """A field read from one un-prefixed environment variable shared by all services."""
+    return Field(default, validation_alias=AliasChoices(env_name), description=description)
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every gRPC model service has. Subclasses set ``env_prefix`` and the default port."""
+
+    model_config = SettingsConfigDict(env_prefix="VISION_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on ('0.0.0.0' or '[::]' in containers).")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port (0: any free port).")
+    max_workers: int = Field(32, ge=1, description="gRPC handler threads.")
+    grace_seconds: float = Field(20.0, ge=0, description="How long in-flight calls may run after SIGTERM.")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    model_dir: Path = shared("VISION_MODEL_DIR", Path("var/models"), "Model store directory.")
+    log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
+    log_json: bool = shared("VISION_LOG_JSON", False, "One JSON object per log line.")
+    max_image_bytes: int = shared("VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest encoded image accepted.")
+    max_image_pixels: int = shared("VISION_MAX_IMAGE_PIXELS", 40_000_000, "Largest width*height accepted.")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_image_bytes + MESSAGE_OVERHEAD_BYTES
