@@ -12,10 +12,11 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+import grpc
 import torch
 from torchvision import models
 
-from vision.errors import InvalidCheckpoint
+from vision.errors import InvalidCheckpoint, VisionError
 from vision.store import ModelMetadata, ModelStore, ModelVersion
 from vision.weights import publish_state_dict
 
@@ -28,8 +29,10 @@ IMAGENET_WEIGHTS = {
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
-class PretrainedUnavailable(Exception):
+class PretrainedUnavailable(VisionError):
     """The weights could not be fetched (offline, mirror down, bad file)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 def download(url: str, dest: Path, timeout: float) -> None:

@@ -1,0 +1,55 @@
+"""Gateway settings, from VISION_GATEWAY_* environment variables (plus the shared VISION_* ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vision.settings import MESSAGE_OVERHEAD_BYTES, shared
+
+# Multipart framing and the small form fields around the image.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VISION_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="HTTP listen address ('0.0.0.0' in containers).")
+    port: int = Field(8000, ge=0, le=65535)
+    classifier_addr: str = Field("127.0.0.1:50051", description="classifier_svc gRPC address (required).")
+    explain_addr: str = Field("", description="explain_svc gRPC address; empty: not deployed.")
+    detector_addr: str = Field("", description="detector_svc gRPC address; empty: not deployed.")
+    trainer_addr: str = Field("", description="trainer_svc gRPC address; empty: not deployed.")
+    timeout_s: float = Field(30.0, gt=0, description="Deadline of each gRPC call.")
+    health_timeout_s: float = Field(2.0, gt=0, description="Deadline of each downstream health check.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: CORS off.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429 (service overloaded).")
+    max_image_bytes: int = shared("VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest image upload accepted.")
+    log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
+    log_json: bool = shared("VISION_LOG_JSON", False, "One JSON object per log line.")
+
+    @field_validator("classifier_addr")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("VISION_GATEWAY_CLASSIFIER_ADDR is required (host:port of classifier_svc)")
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Largest request body for an image upload route: the image plus the form around it."""
+        return self.max_image_bytes + FORM_OVERHEAD_BYTES
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_image_bytes + MESSAGE_OVERHEAD_BYTES
+
+    def backends(self) -> dict[str, str]:
+        """Configured downstream services: {name: address}."""
+        all_addrs = {
+            "classifier": self.classifier_addr,
+            "explain": self.explain_addr,
+            "detector": self.detector_addr,
+            "trainer": self.trainer_addr,
+        }
+        return {name: addr for name, addr in all_addrs.items() if addr}

@@ -1,0 +1,93 @@
+"""Every error the gateway returns, in one shape and mapped in one place:
+``{"success": false, "error": {"code": "...", "message": "..."}}`` -- never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.CANCELLED: 503,
+}
+
+
+class ApiError(Exception):
+    """An error to report to the client as-is."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"success": False, "error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError, service: str, retry_after_s: int) -> ApiError:
+    """The HTTP error for a failed gRPC call to ``service``."""
+    code = exc.code()
+    status = GRPC_TO_HTTP.get(code, 502)
+    message = exc.details() or code.name.lower()
+    headers = {}
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = f"the {service} service is unavailable; try again shortly"
+        log.warning("%s unavailable: %s", service, exc.details())
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = f"the {service} service did not answer in time; try again"
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        headers["Retry-After"] = str(retry_after_s)
+    elif status == 502:
+        log.error("%s failed: %s %s", service, code, exc.details())
+        message = f"the {service} service failed; the error was logged"
+    return ApiError(status, code.name.lower(), message, headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or "request"
+        if err.get("type") == "missing":
+            parts.append(f"missing field '{field}'")
+        else:
+            parts.append(f"{field}: {err.get('msg', 'invalid value')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal", "internal error; the gateway logged the details")
