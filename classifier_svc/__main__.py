@@ -12,7 +12,9 @@ def main() -> None:
     settings = ClassifierSettings()
     configure_logging(settings.log_level, settings.log_json, service="classifier")
     server, engine = create_classifier_server(settings)
-    serve_until_signalled(server, settings.grace_seconds, on_stop=engine.close)
+    serve_until_signalled(
+        server, settings.grace_seconds, on_stop=engine.close, shutdown_delay=settings.shutdown_delay_seconds
+    )
 
 
 if __name__ == "__main__":

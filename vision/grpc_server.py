@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
@@ -73,17 +74,33 @@ def create_server(
     return GrpcServer(server, port, health_servicer, names)
 
 
-def serve_until_signalled(grpc_server: GrpcServer, grace: float, on_stop: Callable[[], None] | None = None) -> None:
-    """Block until SIGTERM or SIGINT, then shut down gracefully (health first, then drain)."""
+def serve_until_signalled(
+    grpc_server: GrpcServer,
+    grace: float,
+    on_stop: Callable[[], None] | None = None,
+    shutdown_delay: float = 0.0,
+) -> None:
+    """Block until SIGTERM or SIGINT, then shut down gracefully.
+
+    Health turns NOT_SERVING at once; new calls are still accepted for ``shutdown_delay`` seconds (time for
+    load balancers to notice), then refused while in-flight calls get up to ``grace`` seconds to finish.
+    """
     stopping = threading.Event()
+
+    def drain() -> None:
+        time.sleep(shutdown_delay)
+        grpc_server.server.stop(grace)
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stopping.is_set():
             return
         stopping.set()
-        log.info("received %s: NOT_SERVING, draining in-flight calls for up to %.0fs",
-                 signal.Signals(signum).name, grace)
-        grpc_server.stop(grace)
+        log.info(
+            "received %s: NOT_SERVING, draining in-flight calls for up to %.0fs",
+            signal.Signals(signum).name, shutdown_delay + grace,
+        )
+        grpc_server.health.enter_graceful_shutdown()
+        threading.Thread(target=drain, name="drain", daemon=True).start()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)

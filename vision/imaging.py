@@ -94,13 +94,21 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image is too large to decode safely: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
+    except Image.UnidentifiedImageError as exc:
+        # Pillow's own message names an in-memory buffer, which tells the user nothing.
+        raise InvalidImage(
+            f"the file starts like a {kind} image but its header is damaged or truncated"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the {kind} image is corrupt or truncated and cannot be decoded ({exc})") from exc
     return _to_rgb(image)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Flatten transparency onto white (as a viewer shows it) and convert to 8-bit RGB."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        # 16-bit grayscale PNG: convert() clips every value over 255 to white; keep the high byte instead.
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     port: int = Field(0, ge=0, le=65535, description="gRPC port (0: any free port).")
     max_workers: int = Field(32, ge=1, description="gRPC handler threads.")
     grace_seconds: float = Field(20.0, ge=0, description="How long in-flight calls may run after SIGTERM.")
+    shutdown_delay_seconds: float = Field(
+        0.0, ge=0, description="After SIGTERM, keep accepting calls this long while health says NOT_SERVING."
+    )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     model_dir: Path = shared("VISION_MODEL_DIR", Path("var/models"), "Model store directory.")
     log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
