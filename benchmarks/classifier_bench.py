@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +48,20 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 # Importable as `python benchmarks/classifier_bench.py` from the repository root without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc  # noqa: E402
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from PIL import Image  # noqa: E402
+import grpc
+import httpx
+import numpy as np
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 
-from classifier_svc.model import LoadedClassifier, load  # noqa: E402
-from vision.architectures import ARCHITECTURES, build_model  # noqa: E402
-from vision.devices import resolve_device  # noqa: E402
-from vision.imaging import decode_image  # noqa: E402
-from vision.store import ModelMetadata, ModelStore, ModelVersion  # noqa: E402
-from vision.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
-from vision.weights import publish_state_dict  # noqa: E402
+from classifier_svc.model import LoadedClassifier, load
+from vision.architectures import ARCHITECTURES, build_model
+from vision.devices import resolve_device
+from vision.imaging import decode_image
+from vision.store import ModelMetadata, ModelStore, ModelVersion
+from vision.v1 import classifier_pb2, classifier_pb2_grpc
+from vision.weights import publish_state_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 1000
@@ -98,7 +98,9 @@ def publish_random_model(store: ModelStore, arch: str, seed: int = 0) -> ModelVe
     torch.manual_seed(seed)
     model = build_model(arch, NUM_CLASSES)
     names = [f"class_{i}" for i in range(NUM_CLASSES)]
-    return publish_state_dict(store, arch, model.state_dict(), ModelMetadata(architecture=arch, class_names=names))
+    return publish_state_dict(
+        store, arch, model.state_dict(), ModelMetadata(architecture=arch, class_names=names)
+    )
 
 
 # -- measurement -----------------------------------------------------------------------------------------
@@ -156,7 +158,9 @@ class Result:
             out["first_error"] = self.first_error
         if self.cpu_s:
             out["cpu_s"] = {k: round(v, 3) for k, v in self.cpu_s.items()}
-            out["cpu_ms_per_image"] = {k: round(v * 1000 / max(self.images, 1), 2) for k, v in self.cpu_s.items()}
+            out["cpu_ms_per_image"] = {
+                k: round(v * 1000 / max(self.images, 1), 2) for k, v in self.cpu_s.items()
+            }
         if self.timings:
             out["server_timing_mean"] = {
                 k: round(float(np.mean([t[k] for t in self.timings])), 3) for k in self.timings[0]
@@ -263,8 +267,16 @@ def run_load(
     )
 
 
-def run_loop(key: str, label: str, step: Callable[[], int], *, seconds: float, warmup_s: float,
-             batch: str, note: str = "") -> Result:
+def run_loop(
+    key: str,
+    label: str,
+    step: Callable[[], int],
+    *,
+    seconds: float,
+    warmup_s: float,
+    batch: str,
+    note: str = "",
+) -> Result:
     """Call ``step`` (returns images done) in this thread: ``warmup_s`` of warm-up, then for ``seconds``."""
     warm_until = time.perf_counter() + warmup_s
     while time.perf_counter() < warm_until:
@@ -309,8 +321,9 @@ class Service:
 
 
 @contextlib.contextmanager
-def subprocess_service(name: str, module: str, env: dict[str, str], address: str, log_dir: Path,
-                       ready: Callable[[], bool]) -> Iterator[Service]:
+def subprocess_service(
+    name: str, module: str, env: dict[str, str], address: str, log_dir: Path, ready: Callable[[], bool]
+) -> Iterator[Service]:
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
@@ -333,7 +346,9 @@ def subprocess_service(name: str, module: str, env: dict[str, str], address: str
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{service.log_tail()}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} not ready after {STARTUP_TIMEOUT_S:.0f}s:\n{service.log_tail()}")
+                    raise RuntimeError(
+                        f"{name} not ready after {STARTUP_TIMEOUT_S:.0f}s:\n{service.log_tail()}"
+                    )
                 time.sleep(0.2)
             yield service
         finally:
@@ -363,8 +378,9 @@ def http_healthy(base_url: str) -> Callable[[], bool]:
 
 
 @contextlib.contextmanager
-def classifier_service(args: argparse.Namespace, model_dir: Path, env: dict[str, str], log_dir: Path,
-                       model_name: str) -> Iterator[Service]:
+def classifier_service(
+    args: argparse.Namespace, model_dir: Path, env: dict[str, str], log_dir: Path, model_name: str
+) -> Iterator[Service]:
     settings = {
         "VISION_MODEL_DIR": str(model_dir),
         "VISION_CLASSIFIER_FETCH_PRETRAINED": "false",
@@ -379,7 +395,8 @@ def classifier_service(args: argparse.Namespace, model_dir: Path, env: dict[str,
         from classifier_svc.server import create_classifier_server
 
         with _patched_environ(settings):
-            server, engine = create_classifier_server(ClassifierSettings(port=0))
+            overrides: dict[str, Any] = {"port": 0}  # the rest from the environment set just above
+            server, engine = create_classifier_server(ClassifierSettings(**overrides))
 
         def stop() -> None:
             server.stop(grace=None).wait()
@@ -393,8 +410,9 @@ def classifier_service(args: argparse.Namespace, model_dir: Path, env: dict[str,
     port = free_port()
     address = f"127.0.0.1:{port}"
     full_env = {**env, **settings, "VISION_CLASSIFIER_PORT": str(port)}
-    with subprocess_service("classifier_svc", "classifier_svc", full_env, address, log_dir,
-                            grpc_serving(address)) as service:
+    with subprocess_service(
+        "classifier_svc", "classifier_svc", full_env, address, log_dir, grpc_serving(address)
+    ) as service:
         yield service
 
 
@@ -448,16 +466,25 @@ def http_calls(base_url: str, images: list[bytes], n: int) -> tuple[list[Call], 
     """One httpx.Client (keep-alive connection) per client; the multipart body is built once per client,
     so the load generator spends as little of the shared CPU as it can."""
     clients = [httpx.Client(base_url=base_url, timeout=RPC_TIMEOUT_S) for _ in range(n)]
-    mapping = {"decode": "decode_ms", "queue": "queue_ms", "inference": "inference_ms",
-               "server_total": "total_ms", "batch_size": "batch_size"}
+    mapping = {
+        "decode": "decode_ms",
+        "queue": "queue_ms",
+        "inference": "inference_ms",
+        "server_total": "total_ms",
+        "batch_size": "batch_size",
+    }
 
     def make(i: int) -> Call:
         client = clients[i]
         boundary = uuid.uuid4().hex
         body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"image.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode() + images[i % len(images)] + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + images[i % len(images)]
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
 
         def call() -> dict[str, float]:
@@ -476,7 +503,7 @@ def http_calls(base_url: str, images: list[bytes], n: int) -> tuple[list[Call], 
 
 
 def bare_calls(model: LoadedClassifier, images: list[bytes], n: int) -> list[Call]:
-    """What a hand-rolled app does per request: decode + preprocess + forward at batch 1, in its own thread."""
+    """What a hand-rolled app does per request: decode + preprocess + batch-1 forward, in its own thread."""
 
     def make(i: int) -> Call:
         data = images[i % len(images)]
@@ -526,13 +553,15 @@ def ratio_rows(by_key: dict[str, Result], equal_conc: float, gpu: bool) -> list[
             if gpu and svc_key == "S" and comp_name.startswith("bare forward at max batch"):
                 target = GPU_TARGET_BATCHED
             value = svc / comp if comp > 0 else 0.0
-            rows.append({
-                "service": svc_name,
-                "versus": comp_name,
-                "ratio": round(value, 3),
-                "target": target,
-                "met": None if target is None else value >= target,
-            })
+            rows.append(
+                {
+                    "service": svc_name,
+                    "versus": comp_name,
+                    "ratio": round(value, 3),
+                    "target": target,
+                    "met": None if target is None else value >= target,
+                }
+            )
     return rows
 
 
@@ -548,8 +577,8 @@ def ratios_table(rows: list[dict[str, Any]]) -> str:
 def profile_table(results: list[Result]) -> str:
     """Where the time went (server timing fields, ms) and CPU ms per image per process."""
     lines = [
-        "| # | decode+prep ms | queue ms | batch inference ms | inference ms/image | mean batch | server total ms"
-        " | client p50 - server p50 ms | CPU ms/image by process |",
+        "| # | decode+prep ms | queue ms | batch inference ms | inference ms/image | mean batch "
+        "| server total ms | client p50 - server p50 ms | CPU ms/image by process |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -573,26 +602,48 @@ def profile_table(results: list[Result]) -> str:
 
 # -- main ------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients N (default 8)")
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--requests", type=int, default=0,
-                        help="requests per load phase, all clients together (default: use --seconds)")
-    amount.add_argument("--seconds", type=float, default=15.0, help="duration of each load phase (default 15)")
-    parser.add_argument("--warmup-seconds", type=float, default=3.0, help="warm-up before each phase (default 3)")
-    parser.add_argument("--bare-seconds", type=float, default=4.0,
-                        help="duration of each single-thread bare row (default 4)")
-    parser.add_argument("--max-batch-size", type=int, default=0,
-                        help="service max batch and bare batched row (default 16 on CPU, 64 on CUDA)")
-    parser.add_argument("--max-batch-delay-ms", type=float, default=None,
-                        help="VISION_CLASSIFIER_MAX_BATCH_DELAY_MS (default: the service's own default)")
+    amount.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        help="requests per load phase, all clients together (default: use --seconds)",
+    )
+    amount.add_argument("--seconds", type=float, default=15.0, help="load phase length (default 15)")
+    parser.add_argument("--warmup-seconds", type=float, default=3.0, help="warm-up per phase (default 3)")
+    parser.add_argument(
+        "--bare-seconds", type=float, default=4.0, help="duration of each single-thread bare row (default 4)"
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=0,
+        help="service max batch and bare batched row (default 16 on CPU, 64 on CUDA)",
+    )
+    parser.add_argument(
+        "--max-batch-delay-ms",
+        type=float,
+        default=None,
+        help="VISION_CLASSIFIER_MAX_BATCH_DELAY_MS (default: the service's own default)",
+    )
     parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet18")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads in this process and the service (default: torch's "
-                             "default, the physical core count)")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run classifier_svc inside this process (shares the GIL with the clients)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads in this process and the service (default: torch's "
+        "default, the physical core count)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run classifier_svc inside this process (shares the GIL with the clients)",
+    )
     parser.add_argument("--skip-gateway", action="store_true")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -627,13 +678,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'float16 + channels_last' if gpu else 'float32'}; max batch {args.max_batch_size}"
     )
     print(
-        f"- threads: torch intra-op threads = {args.threads} in this process (bare rows) and in classifier_svc "
-        f"(OMP_NUM_THREADS/MKL_NUM_THREADS={args.threads}); classifier_svc "
+        f"- threads: torch intra-op threads = {args.threads} in this process (bare rows) and in "
+        f"classifier_svc (OMP_NUM_THREADS/MKL_NUM_THREADS={args.threads}); classifier_svc "
         f"{'in this process' if args.in_process else 'and gateway run as subprocesses'}; the service, "
         f"the gateway and the load generator (this process) share the machine's {cores} cores"
     )
-    print(f"- load phases: {n} clients, {args.warmup_seconds:g} s warm-up, then {amount}; single-thread "
-          f"bare rows {args.bare_seconds:g} s each\n", flush=True)
+    print(
+        f"- load phases: {n} clients, {args.warmup_seconds:g} s warm-up, then {amount}; single-thread "
+        f"bare rows {args.bare_seconds:g} s each\n",
+        flush=True,
+    )
 
     images_named = test_images()
     images = [data for _, data in images_named]
@@ -656,11 +710,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         tensors = [model.preprocessing(decode_image(data)) for data in images]
         for key, bs in (("A", 1), ("B", args.max_batch_size)):
             batch = torch.stack([tensors[i % len(tensors)] for i in range(bs)])
-            results.append(run_loop(
-                key, f"bare forward, preprocessed tensors, batch {bs}",
-                lambda b=batch: (model.predict(b), b.shape[0])[1],  # type: ignore[misc]
-                seconds=args.bare_seconds, warmup_s=1.0, batch=str(bs),
-            ))
+            results.append(
+                run_loop(
+                    key,
+                    f"bare forward, preprocessed tensors, batch {bs}",
+                    lambda b=batch: (model.predict(b), b.shape[0])[1],  # type: ignore[misc]
+                    seconds=args.bare_seconds,
+                    warmup_s=1.0,
+                    batch=str(bs),
+                )
+            )
             print(f"  {results[-1].key}: {results[-1].throughput:.1f} images/s", flush=True)
         counter = iter(range(1 << 62))
 
@@ -673,33 +732,62 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.predict(model.preprocessing(decode_image(data)).unsqueeze(0))
             return 1
 
-        results.append(run_loop("P", "decode+preprocess only (no model), 1 thread", decode_only,
-                                seconds=min(args.bare_seconds, 3.0), warmup_s=0.5, batch="-"))
-        results.append(run_loop("C", "bare decode+preprocess+forward, batch 1, 1 thread", full_one,
-                                seconds=args.bare_seconds, warmup_s=1.0, batch="1"))
+        results.append(
+            run_loop(
+                "P",
+                "decode+preprocess only (no model), 1 thread",
+                decode_only,
+                seconds=min(args.bare_seconds, 3.0),
+                warmup_s=0.5,
+                batch="-",
+            )
+        )
+        results.append(
+            run_loop(
+                "C",
+                "bare decode+preprocess+forward, batch 1, 1 thread",
+                full_one,
+                seconds=args.bare_seconds,
+                warmup_s=1.0,
+                batch="1",
+            )
+        )
         for r in results[-2:]:
             print(f"  {r.key}: {r.throughput:.1f} images/s", flush=True)
 
         def equal_concurrency(key: str, when: str) -> Result:
-            r = run_load(key, f"bare at equal concurrency ({when}): {n} threads, each decode+preprocess+forward "
-                         "batch 1 on its own image", bare_calls(model, images, n), seconds=seconds,
-                         requests=requests, warmup_s=args.warmup_seconds, pids={"bench (bare model)": os.getpid()})
+            label = f"bare at equal concurrency ({when}): {n} threads, each decode+preprocess+forward batch 1"
+            r = run_load(
+                key,
+                label,
+                bare_calls(model, images, n),
+                seconds=seconds,
+                requests=requests,
+                warmup_s=args.warmup_seconds,
+                pids={"bench (bare model)": os.getpid()},
+            )
             print(f"  {r.key}: {r.throughput:.1f} images/s", flush=True)
             return r
 
         results.append(equal_concurrency("D1", "before"))
 
-        with classifier_service(args, store.root if hasattr(store, "root") else tmp_path / "models", sub_env,
-                                tmp_path, version.name) as svc:
+        with classifier_service(args, store.root, sub_env, tmp_path, version.name) as svc:
             pids = dict(pids_bench)
             if not args.in_process:
                 pids["classifier_svc"] = svc.pid
             calls, close = grpc_calls(svc.address, images, n)
             try:
-                results.append(run_load(
-                    "S", f"classifier_svc, {n} gRPC clients", calls, seconds=seconds, requests=requests,
-                    warmup_s=args.warmup_seconds, pids=pids,
-                ))
+                results.append(
+                    run_load(
+                        "S",
+                        f"classifier_svc, {n} gRPC clients",
+                        calls,
+                        seconds=seconds,
+                        requests=requests,
+                        warmup_s=args.warmup_seconds,
+                        pids=pids,
+                    )
+                )
             finally:
                 close()
             print(f"  S: {results[-1].throughput:.1f} images/s", flush=True)
@@ -707,16 +795,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.skip_gateway:
                 port = free_port()
                 base_url = f"http://127.0.0.1:{port}"
-                gw_env = {**sub_env, "VISION_GATEWAY_PORT": str(port), "VISION_GATEWAY_CLASSIFIER_ADDR": svc.address}
-                with subprocess_service("gateway", "gateway", gw_env, base_url, tmp_path,
-                                        http_healthy(base_url)) as gw:
+                gw_env = {
+                    **sub_env,
+                    "VISION_GATEWAY_PORT": str(port),
+                    "VISION_GATEWAY_CLASSIFIER_ADDR": svc.address,
+                }
+                with subprocess_service(
+                    "gateway", "gateway", gw_env, base_url, tmp_path, http_healthy(base_url)
+                ) as gw:
                     pids["gateway"] = gw.pid
                     calls, close = http_calls(base_url, images, n)
                     try:
-                        results.append(run_load(
-                            "G", f"gateway POST /predict, {n} HTTP clients", calls, seconds=seconds,
-                            requests=requests, warmup_s=args.warmup_seconds, pids=pids,
-                        ))
+                        results.append(
+                            run_load(
+                                "G",
+                                f"gateway POST /predict, {n} HTTP clients",
+                                calls,
+                                seconds=seconds,
+                                requests=requests,
+                                warmup_s=args.warmup_seconds,
+                                pids=pids,
+                            )
+                        )
                     finally:
                         close()
                     print(f"  G: {results[-1].throughput:.1f} images/s", flush=True)
@@ -730,11 +830,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n## Throughput and latency\n")
     print(results_table(results))
     print(
-        "\nA, B, C, P, D: the service's own model wrapper (`classifier_svc.model.load(...).predict`) with no gRPC"
-        " and no batcher. Latency of A/B/C/P is per call (a call is a whole batch for B). "
+        "\nA, B, C, P, D: the service's own model wrapper (`classifier_svc.model.load(...).predict`), "
+        "no gRPC and no batcher. Latency of A/B/C/P is per call (a call is a whole batch for B). "
         "S, G: client-observed latency.\n"
-        f"'Bare at equal concurrency' (D) = {n} threads, each decoding + preprocessing its own JPEG and running"
-        " a batch-1 forward, as a hand-rolled app would; its value for the ratios is the mean of D1 and D2.\n"
+        f"'Bare at equal concurrency' (D) = {n} threads, each decoding + preprocessing its own JPEG and "
+        "running a batch-1 forward, as a hand-rolled app would; the ratios use the mean of D1 and D2.\n"
     )
     print("## Ratios\n")
     print(ratios_table(ratios))

@@ -19,7 +19,9 @@ class ClassifierSettings(ServiceSettings):
     max_batch_delay_ms: float = Field(4.0, ge=0, le=1000, description="Longest wait to fill a batch.")
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get RESOURCE_EXHAUSTED.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a request may ask for.")
-    poll_interval_s: float = Field(2.0, gt=0, description="How often the model store is checked for new versions.")
+    poll_interval_s: float = Field(
+        2.0, gt=0, description="How often the model store is checked for new versions."
+    )
     half: bool = Field(True, description="float16 + channels_last on CUDA (ignored on CPU).")
     fetch_pretrained: bool = Field(
         True, description="When the store is empty, try to fetch ImageNet ResNet18 (in the background)."

@@ -41,8 +41,10 @@ class LoadedClassifier:
         return torch.softmax(self.module(x).float(), dim=1).cpu()
 
 
-def load(version: ModelVersion, device: torch.device, half: bool = True, warmup_batch: int = 1) -> LoadedClassifier:
-    """Load and warm up ``version`` (first-call allocations and kernel selection happen here, not in a request)."""
+def load(
+    version: ModelVersion, device: torch.device, half: bool = True, warmup_batch: int = 1
+) -> LoadedClassifier:
+    """Load and warm up ``version``: first-call allocations and kernel choices happen here, not in requests."""
     meta = version.metadata
     module = load_classifier(version, device)
     dtype = torch.float32
@@ -113,11 +115,17 @@ class ClassifierEngine:
         return list(model.predict(torch.stack(list(items))))
 
     def classify(
-        self, image: bytes, *, model_name: str = "", version: str = "", top_k: int = 5, timeout: float | None = None
+        self,
+        image: bytes,
+        *,
+        model_name: str = "",
+        version: str = "",
+        top_k: int = 5,
+        timeout: float | None = None,
     ) -> Classification:
         """Top-``top_k`` classes of ``image`` (clamped to the model's class count).
 
-        Decoding and preprocessing run in the caller's thread; the forward pass is batched with other callers'.
+        Decoding and preprocessing run in the caller's thread; the forward pass is batched with others'.
         """
         start = time.perf_counter()
         name, resolved_version, model = self.registry.get(model_name, version)
@@ -135,5 +143,11 @@ class ClassifierEngine:
         names = model.class_names
         classes = [(int(i), names[int(i)], float(s)) for s, i in zip(scores, indices, strict=True)]
         return Classification(
-            classes, name, resolved_version, decode_ms, batched.queue_ms, batched.inference_ms, batched.batch_size
+            classes,
+            name,
+            resolved_version,
+            decode_ms,
+            batched.queue_ms,
+            batched.inference_ms,
+            batched.batch_size,
         )

@@ -51,13 +51,18 @@ def create_classifier_server(settings: ClassifierSettings) -> tuple[GrpcServer, 
             ClassifierServicer(engine, settings.max_top_k), server
         )
         models_pb2_grpc.add_ModelCatalogServicer_to_server(
-            ModelCatalogServicer(engine.registry.store, engine.registry.loaded, lambda: engine.registry.resolve_name("")),
+            ModelCatalogServicer(
+                engine.registry.store, engine.registry.loaded, lambda: engine.registry.resolve_name("")
+            ),
             server,
         )
         return SERVICE_NAMES
 
     grpc_server = create_server(
-        settings.address, register, max_message_bytes=settings.max_message_bytes, max_workers=settings.max_workers
+        settings.address,
+        register,
+        max_message_bytes=settings.max_message_bytes,
+        max_workers=settings.max_workers,
     )
     log.info("classifier_svc listening on %s:%d (device %s)", settings.host, grpc_server.port, engine.device)
     if settings.fetch_pretrained and not engine.registry.store.names():

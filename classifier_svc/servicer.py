@@ -35,7 +35,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             timeout=context.time_remaining(),
         )
         return classifier_pb2.ClassifyResponse(
-            classes=[common_pb2.ScoredClass(class_id=i, label=label, score=s) for i, label, s in result.classes],
+            classes=[
+                common_pb2.ScoredClass(class_id=i, label=label, score=s) for i, label, s in result.classes
+            ],
             model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
             timing=common_pb2.Timing(
                 decode_ms=result.decode_ms,

@@ -27,13 +27,14 @@ class Backends:
             ("grpc.enable_retries", 1),
         ]
         channels = {
-            name: grpc.aio.insecure_channel(addr, options=options) for name, addr in settings.backends().items()
+            name: grpc.aio.insecure_channel(addr, options=options)
+            for name, addr in settings.backends().items()
         }
         return cls(settings, channels)
 
     async def close(self) -> None:
         for channel in self.channels.values():
-            await channel.close()
+            await channel.close(grace=None)
 
     @property
     def classifier(self) -> classifier_pb2_grpc.ClassifierStub:
@@ -49,7 +50,9 @@ class Backends:
         for name, channel in self.channels.items():
             stub = health_pb2_grpc.HealthStub(channel)
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=self.settings.health_timeout_s)
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(), timeout=self.settings.health_timeout_s
+                )
                 report[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.aio.AioRpcError as exc:
                 report[name] = exc.code().name

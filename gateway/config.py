@@ -22,9 +22,13 @@ class GatewaySettings(BaseSettings):
     trainer_addr: str = Field("", description="trainer_svc gRPC address; empty: not deployed.")
     timeout_s: float = Field(30.0, gt=0, description="Deadline of each gRPC call.")
     health_timeout_s: float = Field(2.0, gt=0, description="Deadline of each downstream health check.")
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: CORS off.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty: CORS off."
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429 (service overloaded).")
-    max_image_bytes: int = shared("VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest image upload accepted.")
+    max_image_bytes: int = shared(
+        "VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest image upload accepted."
+    )
     log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
     log_json: bool = shared("VISION_LOG_JSON", False, "One JSON object per log line.")
 

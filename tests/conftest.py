@@ -68,13 +68,19 @@ ModelFactory = Callable[..., ModelVersion]
 
 
 def publish_random_model(
-    store: ModelStore, name: str = "resnet18", arch: str = "resnet18", classes: list[str] | None = None, seed: int = 0
+    store: ModelStore,
+    name: str = "resnet18",
+    arch: str = "resnet18",
+    classes: list[str] | None = None,
+    seed: int = 0,
 ) -> ModelVersion:
     """A seeded, randomly initialised model published through the real store."""
     torch.manual_seed(seed)
     classes = classes or [f"class_{i}" for i in range(10)]
     model = build_model(arch, len(classes))
-    metadata = ModelMetadata(architecture=arch, class_names=classes, provenance={"source": f"test:seed={seed}"})
+    metadata = ModelMetadata(
+        architecture=arch, class_names=classes, provenance={"source": f"test:seed={seed}"}
+    )
     return publish_state_dict(store, name, model.state_dict(), metadata)
 
 
@@ -84,9 +90,13 @@ def store(tmp_path: Path) -> ModelStore:
 
 
 def start_classifier(store: ModelStore, **overrides: object) -> tuple[GrpcServer, object]:
-    settings = ClassifierSettings(
-        port=0, model_dir=store.root, fetch_pretrained=False, poll_interval_s=0.2, **overrides  # type: ignore[arg-type]
-    )
+    fields: dict[str, object] = {
+        "port": 0,
+        "model_dir": store.root,
+        "fetch_pretrained": False,
+        "poll_interval_s": 0.2,
+    }
+    settings = ClassifierSettings(**{**fields, **overrides})  # type: ignore[arg-type]
     return create_classifier_server(settings)
 
 
@@ -143,7 +153,8 @@ def live_gateway(**settings: object) -> LiveServer:
 @pytest.fixture
 def gateway(classifier: tuple[GrpcServer, ModelStore]) -> Iterator[httpx.Client]:
     """The real gateway (uvicorn on loopback) in front of the real classifier; an httpx client to it."""
-    with live_gateway(classifier_addr=f"127.0.0.1:{classifier[0].port}", timeout_s=30) as live, httpx.Client(
-        base_url=live.url, timeout=60
-    ) as client:
+    with (
+        live_gateway(classifier_addr=f"127.0.0.1:{classifier[0].port}", timeout_s=30) as live,
+        httpx.Client(base_url=live.url, timeout=60) as client,
+    ):
         yield client

@@ -43,13 +43,25 @@ def test_food101_checkpoint_imports_with_classes_txt(tmp_path: Path, store: Mode
     model = _model("resnet50", 101)
     ckpt = tmp_path / "best_model.pth"
     torch.save(
-        {"epoch": 12, "model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "best_acc": 81.5}, ckpt
+        {"epoch": 12, "model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "best_acc": 81.5},
+        ckpt,
     )
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(names) + "\n")
     code = vision_cli(
-        ["models", "import", str(ckpt), "--name", "food101", "--classes", str(classes), "--arch", "resnet50",
-         "--model-dir", str(store.root)]
+        [
+            "models",
+            "import",
+            str(ckpt),
+            "--name",
+            "food101",
+            "--classes",
+            str(classes),
+            "--arch",
+            "resnet50",
+            "--model-dir",
+            str(store.root),
+        ]
     )
     assert code == 0
     version = store.get("food101")
@@ -65,8 +77,22 @@ def test_dataparallel_prefixes_and_dropout_heads_are_understood(tmp_path: Path, 
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ckpt)
     classes = tmp_path / "classes.txt"
     classes.write_text("a\nb\nc\n")
-    assert vision_cli(["models", "import", str(ckpt), "--name", "dp", "--classes", str(classes),
-                       "--model-dir", str(store.root)]) == 0
+    assert (
+        vision_cli(
+            [
+                "models",
+                "import",
+                str(ckpt),
+                "--name",
+                "dp",
+                "--classes",
+                str(classes),
+                "--model-dir",
+                str(store.root),
+            ]
+        )
+        == 0
+    )
     assert store.get("dp").metadata.head == "dropout_linear"
     assert _same_outputs(load_classifier(store.get("dp")), model)
 
@@ -103,8 +129,12 @@ def test_checkpoint_with_pickled_code_is_refused_and_never_runs(
     ],
 )
 def test_malformed_checkpoints_get_a_clear_error(
-    tmp_path: Path, store: ModelStore, capsys: pytest.CaptureFixture[str],
-    payload: object, classes: str | None, message: str,
+    tmp_path: Path,
+    store: ModelStore,
+    capsys: pytest.CaptureFixture[str],
+    payload: object,
+    classes: str | None,
+    message: str,
 ) -> None:
     ckpt = tmp_path / "bad.pth"
     torch.save(payload if payload is not None else _model("resnet18", 2).state_dict(), ckpt)
@@ -122,12 +152,24 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(
 ) -> None:
     ckpt = tmp_path / "r18.pth"
     torch.save({"model_state_dict": _model("resnet18", 2).state_dict(), "class_names": ["a", "b"]}, ckpt)
-    args = ["models", "import", str(ckpt), "--name", "x", "--arch", "resnet50", "--model-dir", str(store.root)]
+    args = [
+        "models",
+        "import",
+        str(ckpt),
+        "--name",
+        "x",
+        "--arch",
+        "resnet50",
+        "--model-dir",
+        str(store.root),
+    ]
     assert vision_cli(args) == 2
     assert "do not fit resnet50" in capsys.readouterr().err
 
 
-def test_models_list_shows_what_is_stored(tmp_path: Path, store: ModelStore, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_list_shows_what_is_stored(
+    tmp_path: Path, store: ModelStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = tmp_path / "trained_model.pth"
     torch.save({"model_state_dict": _model("smallcnn", 2).state_dict(), "class_names": ["a", "b"]}, ckpt)
     vision_cli(["models", "import", str(ckpt), "--name", "pets", "--model-dir", str(store.root)])

@@ -32,7 +32,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def direct_top5(store: ModelStore, name: str, image: bytes, version: str = "") -> tuple[list[int], torch.Tensor]:
+def direct_top5(
+    store: ModelStore, name: str, image: bytes, version: str = ""
+) -> tuple[list[int], torch.Tensor]:
     """What the stored model says when called directly, bypassing the service."""
     model = load_classifier(store.get(name, version))
     with torch.inference_mode():
@@ -90,7 +92,10 @@ def test_health_is_not_serving_until_ready_and_serving_after(store: ModelStore) 
         for name in ("", "vision.v1.Classifier"):
             assert stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == NOT_SERVING
         server.set_serving()
-        assert stub.Check(health_pb2.HealthCheckRequest(service="vision.v1.Classifier"), timeout=5).status == SERVING
+        assert (
+            stub.Check(health_pb2.HealthCheckRequest(service="vision.v1.Classifier"), timeout=5).status
+            == SERVING
+        )
         server.health.enter_graceful_shutdown()
         assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == NOT_SERVING
     server.server.stop(0)
@@ -138,12 +143,18 @@ def test_a_model_imported_while_running_is_served_by_name(
     assert response.model.name == "pets" and {c.label for c in response.classes} == {"cat", "dog"}
     catalog = models_pb2_grpc.ModelCatalogStub(channel)
     listed = catalog.ListModels(models_pb2.ListModelsRequest(), timeout=10)
-    assert {(m.name, m.version, m.loaded) for m in listed.models} == {("resnet18", "1", True), ("pets", "1", True)}
+    assert {(m.name, m.version, m.loaded) for m in listed.models} == {
+        ("resnet18", "1", True),
+        ("pets", "1", True),
+    }
     assert listed.default_model == "resnet18"
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
-    channel: grpc.Channel, classifier: tuple[GrpcServer, ModelStore], bus_jpeg: bytes, zidane_jpeg: bytes,
+    channel: grpc.Channel,
+    classifier: tuple[GrpcServer, ModelStore],
+    bus_jpeg: bytes,
+    zidane_jpeg: bytes,
     astronaut: Image.Image,
 ) -> None:
     from tests.conftest import encode
@@ -165,11 +176,19 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
         ({"top_k": 101}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
         ({"top_k": -1}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
         ({"model": common_pb2.ModelRef(name="nope")}, grpc.StatusCode.NOT_FOUND, "available: resnet18"),
-        ({"model": common_pb2.ModelRef(name="resnet18", version="9")}, grpc.StatusCode.NOT_FOUND, "versions: 1"),
+        (
+            {"model": common_pb2.ModelRef(name="resnet18", version="9")},
+            grpc.StatusCode.NOT_FOUND,
+            "versions: 1",
+        ),
     ],
 )
 def test_bad_requests_get_a_status_code_and_a_message(
-    channel: grpc.Channel, bus_jpeg: bytes, request_fields: dict[str, object], code: grpc.StatusCode, message: str
+    channel: grpc.Channel,
+    bus_jpeg: bytes,
+    request_fields: dict[str, object],
+    code: grpc.StatusCode,
+    message: str,
 ) -> None:
     stub = classifier_pb2_grpc.ClassifierStub(channel)
     with pytest.raises(grpc.RpcError) as info:

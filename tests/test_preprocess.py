@@ -14,8 +14,12 @@ from vision.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 def test_preprocessing_is_bit_identical_to_torchvision(astronaut: Image.Image, size: tuple[int, int]) -> None:
     image = astronaut.resize(size)
     reference = transforms.Compose(
-        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
     )
     assert torch.equal(Preprocessing()(image), reference(image))
 

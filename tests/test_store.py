@@ -19,7 +19,16 @@ def test_published_version_has_safetensors_weights_and_complete_metadata(store: 
     version = publish_random_model(store, "pets", classes=["cat", "dog"])
     assert (version.path / WEIGHTS_FILE).read_bytes()[:8]  # safetensors header length
     meta = json.loads((version.path / METADATA_FILE).read_text())
-    for key in ("architecture", "class_names", "input_size", "mean", "std", "metrics", "provenance", "created_at"):
+    for key in (
+        "architecture",
+        "class_names",
+        "input_size",
+        "mean",
+        "std",
+        "metrics",
+        "provenance",
+        "created_at",
+    ):
         assert key in meta
     assert meta["name"] == "pets" and meta["version"] == "1" and meta["num_classes"] == 2
     assert meta["weights_sha256"]

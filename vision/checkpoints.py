@@ -1,6 +1,6 @@
 """Import the checkpoints users of the original projects already have into the model store.
 
-Accepted (all read with ``torch.load(weights_only=True)``: tensors and plain containers only, no pickled code):
+Accepted, all read with ``torch.load(weights_only=True)`` (tensors and plain containers, never pickled code):
 
 * ``{'model_state_dict', 'class_names'}`` -- the trainer API's ``trained_model.pth``;
 * ``{'epoch', 'model_state_dict', 'optimizer_state_dict', 'best_acc'}`` plus a classes.txt -- Food-101's
@@ -46,7 +46,9 @@ def load_checkpoint(path: Path) -> Any:
 def _split_checkpoint(obj: Any) -> tuple[dict[str, torch.Tensor], list[str] | None, dict[str, Any]]:
     """(state_dict, class names if embedded, provenance details)."""
     if not isinstance(obj, dict):
-        raise InvalidCheckpoint("the checkpoint is not a dict (expected a state dict or a training checkpoint)")
+        raise InvalidCheckpoint(
+            "the checkpoint is not a dict (expected a state dict or a training checkpoint)"
+        )
     details: dict[str, Any] = {}
     if "model_state_dict" in obj:
         state = obj["model_state_dict"]

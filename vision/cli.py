@@ -22,8 +22,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         _store(args), Path(args.checkpoint), args.name, classes_file=args.classes, architecture=args.arch
     )
     meta = version.metadata
-    print(f"imported {args.checkpoint} as {version.name} version {version.version} "
-          f"({meta.architecture}, {meta.num_classes} classes) into {version.path}")
+    print(
+        f"imported {args.checkpoint} as {version.name} version {version.version} "
+        f"({meta.architecture}, {meta.num_classes} classes) into {version.path}"
+    )
     return 0
 
 
@@ -36,7 +38,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for v in versions:
         m = v.metadata
         source = m.provenance.get("source", "")
-        print(f"{v.name:<24} {v.version:>7}  {m.architecture:<10} {m.num_classes:>7}  {m.created_at[:25]:<25} {source}")
+        print(
+            f"{v.name:<24} {v.version:>7}  {m.architecture:<10} {m.num_classes:>7}  "
+            f"{m.created_at[:25]:<25} {source}"
+        )
     return 0
 
 
@@ -59,21 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start every service and the gateway locally").set_defaults(func=cmd_run)
 
-    models = sub.add_parser("models", help="manage the model store").add_subparsers(dest="models", required=True)
+    models = sub.add_parser("models", help="manage the model store").add_subparsers(
+        dest="models", required=True
+    )
     store_dir = argparse.ArgumentParser(add_help=False)
     store_dir.add_argument(
-        "--model-dir", default=os.environ.get("VISION_MODEL_DIR", "var/models"),
+        "--model-dir",
+        default=os.environ.get("VISION_MODEL_DIR", "var/models"),
         help="model store directory (default: $VISION_MODEL_DIR or var/models)",
     )
     imp = models.add_parser("import", parents=[store_dir], help="import a PyTorch checkpoint (weights only)")
     imp.add_argument("checkpoint", help="a .pth/.pt checkpoint: state dict or {'model_state_dict', ...}")
     imp.add_argument("--name", required=True, help="model name in the store")
     imp.add_argument("--classes", type=Path, help="classes.txt, one class name per line, in label order")
-    imp.add_argument("--arch", choices=("resnet18", "resnet50", "smallcnn"),
-                     help="architecture (default: inferred from the weights)")
+    imp.add_argument(
+        "--arch",
+        choices=("resnet18", "resnet50", "smallcnn"),
+        help="architecture (default: inferred from the weights)",
+    )
     imp.set_defaults(func=cmd_import)
-    models.add_parser("list", parents=[store_dir], help="list models and versions").set_defaults(func=cmd_list)
-    fetch = models.add_parser("fetch-pretrained", parents=[store_dir], help="download ImageNet weights (online)")
+    models.add_parser("list", parents=[store_dir], help="list models and versions").set_defaults(
+        func=cmd_list
+    )
+    fetch = models.add_parser(
+        "fetch-pretrained", parents=[store_dir], help="download ImageNet weights (online)"
+    )
     fetch.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
     fetch.add_argument("--name", help="model name (default: the architecture)")
     fetch.add_argument("--url", help="mirror URL of the weights file")

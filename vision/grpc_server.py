@@ -97,7 +97,8 @@ def serve_until_signalled(
         stopping.set()
         log.info(
             "received %s: NOT_SERVING, draining in-flight calls for up to %.0fs",
-            signal.Signals(signum).name, shutdown_delay + grace,
+            signal.Signals(signum).name,
+            shutdown_delay + grace,
         )
         grpc_server.health.enter_graceful_shutdown()
         threading.Thread(target=drain, name="drain", daemon=True).start()

@@ -65,9 +65,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
     if not data:
         raise InvalidImage("the file is empty (0 bytes): send a JPEG, PNG, WebP or BMP image")
     if len(data) > limits.max_bytes:
-        raise ImageTooLarge(
-            f"the image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes"
-        )
+        raise ImageTooLarge(f"the image is {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
     kind = sniff_format(data)
     if kind is None:
         raise InvalidImage("the file is not an image: accepted formats are JPEG, PNG, WebP and BMP")
@@ -89,8 +87,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
                     f"{limits.max_pixels} pixels; downscale it before sending"
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-    except (InvalidImage, ImageTooLarge):
+            oriented = ImageOps.exif_transpose(image)
+    except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"the image is too large to decode safely: {exc}") from exc
@@ -101,7 +99,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the {kind} image is corrupt or truncated and cannot be decoded ({exc})") from exc
-    return _to_rgb(image)
+    return _to_rgb(oriented)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -54,8 +54,11 @@ def run(grace_s: float = 25.0) -> int:
         print(f"[vision] {service.name:<10} gRPC on {host}:{service.port()}", flush=True)
         running.append((service, _start(service, env)))
     env.setdefault("VISION_GATEWAY_HOST", host)
-    print(f"[vision] {'gateway':<10} HTTP on http://{env['VISION_GATEWAY_HOST']}:{GATEWAY.port()}/ "
-          f"(API docs at /docs)", flush=True)
+    print(
+        f"[vision] {'gateway':<10} HTTP on http://{env['VISION_GATEWAY_HOST']}:{GATEWAY.port()}/ "
+        f"(API docs at /docs)",
+        flush=True,
+    )
     running.append((GATEWAY, _start(GATEWAY, env)))
 
     stop_requested = False
@@ -71,7 +74,9 @@ def run(grace_s: float = 25.0) -> int:
         exited = [(s, p) for s, p in running if p.poll() is not None]
         if exited:
             service, proc = exited[0]
-            print(f"[vision] {service.name} exited with status {proc.returncode}; stopping the rest", flush=True)
+            print(
+                f"[vision] {service.name} exited with status {proc.returncode}; stopping the rest", flush=True
+            )
             status = proc.returncode or 1
             break
         time.sleep(0.2)

@@ -1,4 +1,4 @@
-"""ImageNet weights from torchvision, fetched once into the model store so a first run classifies out of the box.
+"""ImageNet weights from torchvision, fetched once into the model store so a first run classifies at once.
 
 The download has a short timeout: offline it fails fast and the caller carries on without a model.
 """
@@ -39,7 +39,7 @@ def download(url: str, dest: Path, timeout: float) -> None:
     """Stream ``url`` to ``dest``; verify the sha256 prefix in the file name (torch.hub's convention)."""
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)

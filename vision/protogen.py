@@ -21,7 +21,7 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
 
 
 def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
-    """Run grpcio-tools' protoc; returns the generated files (``*_pb2.py``, ``*_pb2.pyi``, ``*_pb2_grpc.py``)."""
+    """Run grpcio-tools' protoc into ``out_dir``; returns the generated files (pb2, pyi, pb2_grpc)."""
     from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     well_known = resources.files("grpc_tools") / "_proto"

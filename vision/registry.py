@@ -93,8 +93,12 @@ class ModelRegistry(Generic[M]):
             model = self._loader(stored)
             with self._lock:
                 self._latest = {**self._latest, name: (version, model)}
-            log.info("serving %s version %s%s", name, version,
-                     f" (replacing version {current[0]})" if current else "")
+            log.info(
+                "serving %s version %s%s",
+                name,
+                version,
+                f" (replacing version {current[0]})" if current else "",
+            )
             return model
 
     # -- lookups ---------------------------------------------------------------------------------------

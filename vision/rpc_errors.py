@@ -31,7 +31,7 @@ def maps_errors(method: F) -> F:
         except FutureTimeout:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the model answered")
         except Exception:
-            if context.code() is not None:  # context.abort() already ran (it raises an Exception)
+            if getattr(context, "code", lambda: None)() is not None:  # context.abort() already raised
                 raise
             log.exception("unexpected error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged the details")

@@ -39,7 +39,9 @@ class ServiceSettings(BaseSettings):
     model_dir: Path = shared("VISION_MODEL_DIR", Path("var/models"), "Model store directory.")
     log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
     log_json: bool = shared("VISION_LOG_JSON", False, "One JSON object per log line.")
-    max_image_bytes: int = shared("VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest encoded image accepted.")
+    max_image_bytes: int = shared(
+        "VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest encoded image accepted."
+    )
     max_image_pixels: int = shared("VISION_MAX_IMAGE_PIXELS", 40_000_000, "Largest width*height accepted.")
 
     @property

@@ -111,11 +111,7 @@ class ModelStore:
         model_dir = self.root / name
         if not _NAME_RE.match(name) or not model_dir.is_dir():
             return []
-        found = [
-            p.name
-            for p in model_dir.iterdir()
-            if p.name.isdigit() and (p / METADATA_FILE).is_file()
-        ]
+        found = [p.name for p in model_dir.iterdir() if p.name.isdigit() and (p / METADATA_FILE).is_file()]
         return sorted(found, key=int)
 
     def snapshot(self) -> dict[str, str]:
@@ -161,8 +157,9 @@ class ModelStore:
     ) -> ModelVersion:
         """Write a new version of ``name`` atomically and return it.
 
-        ``write_files(tmp_dir)`` writes the version's files into ``tmp_dir`` and returns metadata fields to set
-        (e.g. ``weights_sha256``). The version number is the next free one, also under concurrent publishers.
+        ``write_files(tmp_dir)`` writes the version's files into ``tmp_dir`` and returns metadata fields
+        to set (e.g. ``weights_sha256``). The version number is the next free one, even with concurrent
+        publishers.
         """
         validate_model_name(name)
         model_dir = self.root / name
@@ -176,9 +173,7 @@ class ModelStore:
             metadata.name = name
             metadata.created_at = metadata.created_at or datetime.now(timezone.utc).isoformat()
             while True:
-                existing = self.versions(name) + [
-                    p.name for p in model_dir.iterdir() if p.name.isdigit()
-                ]
+                existing = self.versions(name) + [p.name for p in model_dir.iterdir() if p.name.isdigit()]
                 metadata.version = str(max((int(v) for v in existing), default=0) + 1)
                 _write_synced(tmp / METADATA_FILE, metadata.to_json().encode())
                 try:

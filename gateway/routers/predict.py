@@ -18,7 +18,9 @@ async def read_upload(file: UploadFile) -> bytes:
     """The uploaded bytes (the body-size middleware has already bounded them)."""
     data = await file.read()
     if not data:
-        raise ApiError(400, "invalid_argument", "the file is empty (0 bytes): send a JPEG, PNG, WebP or BMP image")
+        raise ApiError(
+            400, "invalid_argument", "the file is empty (0 bytes): send a JPEG, PNG, WebP or BMP image"
+        )
     return data
 
 
@@ -39,8 +41,12 @@ def timing_json(timing: common_pb2.Timing) -> dict[str, Any]:
 @router.post(
     "/predict",
     summary="Classify an image",
-    responses={400: {"description": "Bad input"}, 404: {"description": "Unknown model"},
-               413: {"description": "Upload too large"}, 429: {"description": "Overloaded"}},
+    responses={
+        400: {"description": "Bad input"},
+        404: {"description": "Unknown model"},
+        413: {"description": "Upload too large"},
+        429: {"description": "Overloaded"},
+    },
 )
 async def predict(
     backends: BackendsDep,
