@@ -44,7 +44,7 @@ class LoadedClassifier:
 def load(
     version: ModelVersion, device: torch.device, half: bool = True, warmup_batch: int = 1
 ) -> LoadedClassifier:
-    """Load and warm up ``version``: first-call allocations and kernel choices happen here, not in requests."""
+    """Load and warm up ``version``: first-call allocations and kernel choices happen here, not in calls."""
     meta = version.metadata
     module = load_classifier(version, device)
     dtype = torch.float32
