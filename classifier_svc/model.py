@@ -1,4 +1,5 @@
-"""The classifier runtime, pure torch: loaded models, preprocessing, batched prediction. No gRPC here."""
+"""The classifier engine, pure torch: hot-reloaded models, decoding in the caller's thread, batched
+forward passes. No gRPC here."""
 
 from __future__ import annotations
 
@@ -7,55 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from vision.batching import DynamicBatcher
 from vision.devices import resolve_device
 from vision.imaging import ImageLimits, decode_image
-from vision.preprocess import Preprocessing
 from vision.registry import ModelRegistry
-from vision.store import ModelStore, ModelVersion
-from vision.weights import load_classifier
-
-
-@dataclass(eq=False)
-class LoadedClassifier:
-    """A stored version in memory, ready for batched inference on ``device``."""
-
-    version: ModelVersion
-    module: nn.Module
-    preprocessing: Preprocessing
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.version.metadata.class_names
-
-    @torch.inference_mode()
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities, float32 on the CPU, shape (N, num_classes), for a (N, 3, H, W) batch."""
-        x = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            x = x.to(dtype=self.dtype, memory_format=torch.channels_last)
-        return torch.softmax(self.module(x).float(), dim=1).cpu()
-
-
-def load(
-    version: ModelVersion, device: torch.device, half: bool = True, warmup_batch: int = 1
-) -> LoadedClassifier:
-    """Load and warm up ``version``: first-call allocations and kernel choices happen here, not in calls."""
-    meta = version.metadata
-    module = load_classifier(version, device)
-    dtype = torch.float32
-    if device.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if half:
-            module, dtype = module.half(), torch.float16
-    prep = Preprocessing(meta.resize_size, meta.input_size, tuple(meta.mean), tuple(meta.std))
-    loaded = LoadedClassifier(version, module, prep, device, dtype)
-    loaded.predict(torch.zeros(warmup_batch, 3, meta.input_size, meta.input_size))
-    return loaded
+from vision.serving import LoadedClassifier, load_for_serving, top_classes
+from vision.store import ModelStore
 
 
 @dataclass(frozen=True)
@@ -91,7 +50,7 @@ class ClassifierEngine:
         self.image_limits = image_limits or ImageLimits()
         self.registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
             store,
-            lambda v: load(v, self.device, half),
+            lambda v: load_for_serving(v, self.device, half),
             default_model=default_model,
             poll_interval_s=poll_interval_s,
         )
@@ -137,13 +96,8 @@ class ClassifierEngine:
         except BaseException:
             future.cancel()
             raise
-        probs = batched.value
-        k = min(top_k, probs.numel())
-        scores, indices = torch.topk(probs, k)
-        names = model.class_names
-        classes = [(int(i), names[int(i)], float(s)) for s, i in zip(scores, indices, strict=True)]
         return Classification(
-            classes,
+            top_classes(batched.value, top_k, model.class_names),
             name,
             resolved_version,
             decode_ms,
