@@ -10,18 +10,15 @@ import grpc
 from classifier_svc.config import ClassifierSettings
 from classifier_svc.model import ClassifierEngine
 from classifier_svc.servicer import ClassifierServicer
-from vision.catalog import ModelCatalogServicer
+from vision.catalog import add_model_catalog
 from vision.grpc_server import GrpcServer, create_server
 from vision.pretrained import ensure_default_model
 from vision.store import ModelStore
-from vision.v1 import classifier_pb2, classifier_pb2_grpc, models_pb2, models_pb2_grpc
+from vision.v1 import classifier_pb2, classifier_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name,
-    models_pb2.DESCRIPTOR.services_by_name["ModelCatalog"].full_name,
-)
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 
 
 def build_engine(settings: ClassifierSettings) -> ClassifierEngine:
@@ -50,13 +47,7 @@ def create_classifier_server(settings: ClassifierSettings) -> tuple[GrpcServer, 
         classifier_pb2_grpc.add_ClassifierServicer_to_server(
             ClassifierServicer(engine, settings.max_top_k), server
         )
-        models_pb2_grpc.add_ModelCatalogServicer_to_server(
-            ModelCatalogServicer(
-                engine.registry.store, engine.registry.loaded, lambda: engine.registry.resolve_name("")
-            ),
-            server,
-        )
-        return SERVICE_NAMES
+        return (CLASSIFIER_SERVICE, add_model_catalog(server, engine.registry))
 
     grpc_server = create_server(
         settings.address,

@@ -14,6 +14,9 @@ from torchvision import models
 
 ARCHITECTURES = ("resnet18", "resnet50", "smallcnn")
 
+# The last conv block of each architecture: its output is global-average-pooled straight into ``fc``.
+FINAL_CONV_LAYER = {"resnet18": "layer4", "resnet50": "layer4", "smallcnn": "features"}
+
 
 class SmallCNN(nn.Module):
     """The image-classification template's from-scratch CNN: (conv-relu-pool) x3, GAP, dropout, linear."""

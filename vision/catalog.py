@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from vision.errors import VisionError
+from vision.registry import ModelRegistry
 from vision.rpc_errors import maps_errors
-from vision.store import ModelStore, ModelVersion
+from vision.store import ModelVersion
 from vision.v1 import models_pb2, models_pb2_grpc
 
 
@@ -34,25 +36,31 @@ def version_info(version: ModelVersion, loaded: bool) -> models_pb2.ModelVersion
 
 
 class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
-    """Lists the store's versions; ``loaded()`` tells which are in this service's memory."""
+    """Lists the store's versions, marking those loaded in this service's registry."""
 
-    def __init__(
-        self, store: ModelStore, loaded: Callable[[], set[tuple[str, str]]], default_model: Callable[[], str]
-    ) -> None:
-        self._store = store
-        self._loaded = loaded
-        self._default_model = default_model
+    def __init__(self, registry: ModelRegistry[Any]) -> None:
+        self._registry = registry
 
     @maps_errors
     def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        loaded = self._loaded()
-        versions = [v for v in self._store.list() if not request.task or v.metadata.task == request.task]
+        loaded = self._registry.loaded()
+        store = self._registry.store
+        versions = [v for v in store.list() if not request.task or v.metadata.task == request.task]
         try:
-            default = self._default_model()
-        except Exception:
+            default = self._registry.resolve_name("")
+        except VisionError:
             default = ""
         return models_pb2.ListModelsResponse(
             models=[version_info(v, v.key in loaded) for v in versions], default_model=default
         )
+
+
+SERVICE_NAME = models_pb2.DESCRIPTOR.services_by_name["ModelCatalog"].full_name
+
+
+def add_model_catalog(server: grpc.Server, registry: ModelRegistry[Any]) -> str:
+    """Serve ModelCatalog for ``registry`` on ``server``; returns the service's full name."""
+    models_pb2_grpc.add_ModelCatalogServicer_to_server(ModelCatalogServicer(registry), server)
+    return SERVICE_NAME

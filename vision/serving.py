@@ -40,7 +40,7 @@ def load_for_serving(
 ) -> LoadedClassifier:
     """Load and warm up ``version``: first-call allocations and kernel choices happen here, not in calls."""
     meta = version.metadata
-    module = load_classifier(version, device)
+    module = load_classifier(version, device).requires_grad_(False)  # no parameter ever needs a gradient
     dtype = torch.float32
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

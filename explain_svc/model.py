@@ -1,0 +1,177 @@
+"""The explain engine, pure torch: hot-reloaded models, decoding in the caller's thread, batched CAMs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from explain_svc.cam import METHODS, CamResult, check_request, explain_batch
+from explain_svc.overlay import check_style, heatmap_png, render_overlay
+from vision.batching import DynamicBatcher
+from vision.devices import resolve_device
+from vision.errors import InvalidArgument
+from vision.imaging import ImageLimits, decode_image, encode_png
+from vision.registry import ModelRegistry
+from vision.serving import LoadedClassifier, load_for_serving, top_classes
+from vision.store import ModelStore
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What to explain and how to draw it. ``target`` is a class id, a label, or None (the prediction)."""
+
+    method: str = "gradcam"
+    layer: str = ""
+    target: int | str | None = None
+    colormap: str = "jet"
+    alpha: float = 0.5
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class Explanation:
+    top: list[tuple[int, str, float]]
+    target: tuple[int, str, float]
+    method: str
+    layer: str
+    heatmap_png: bytes
+    overlay_png: bytes
+    model_name: str
+    model_version: str
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+def resolve_target(target: int | str | None, class_names: list[str]) -> int | None:
+    """A class id from an id or a label; InvalidArgument naming what is accepted."""
+    if target is None:
+        return None
+    if isinstance(target, int):
+        if not 0 <= target < len(class_names):
+            raise InvalidArgument(
+                f"target class {target} is out of range: the model has classes 0..{len(class_names) - 1}"
+            )
+        return target
+    if target in class_names:
+        return class_names.index(target)
+    examples = ", ".join(repr(n) for n in class_names[:5])
+    more = f", ... ({len(class_names)} labels)" if len(class_names) > 5 else ""
+    raise InvalidArgument(f"unknown target label {target!r}; accepted: a class id or one of {examples}{more}")
+
+
+class ExplainEngine:
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        device: str = "auto",
+        default_model: str = "",
+        max_batch_size: int = 8,
+        max_batch_delay_ms: float = 4.0,
+        max_queue: int = 128,
+        poll_interval_s: float = 2.0,
+        image_limits: ImageLimits | None = None,
+        max_overlay_side: int = 2048,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.image_limits = image_limits or ImageLimits()
+        self.max_overlay_side = max_overlay_side
+        # float32 even on CUDA: gradients of half-precision activations lose the small weights.
+        self.registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
+            store,
+            lambda v: load_for_serving(v, self.device, half=False),
+            default_model=default_model,
+            poll_interval_s=poll_interval_s,
+        )
+        self.batcher: DynamicBatcher[tuple[torch.Tensor, int | None], CamResult] = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=max_batch_size,
+            max_delay_s=max_batch_delay_ms / 1000,
+            max_queue=max_queue,
+            name="explain-batcher",
+        )
+
+    def start(self) -> None:
+        self.registry.start()
+
+    def close(self) -> None:
+        self.registry.stop()
+        self.batcher.close(timeout=10)
+
+    def _run_batch(
+        self, key: tuple[LoadedClassifier, str, str], items: Sequence[tuple[torch.Tensor, int | None]]
+    ) -> list[CamResult]:
+        model, method, layer = key
+        batch = torch.stack([tensor for tensor, _ in items]).to(model.device)
+        return explain_batch(
+            model.module,
+            model.version.metadata.architecture,
+            layer,
+            METHODS[method],
+            batch,
+            [target for _, target in items],
+        )
+
+    def explain(
+        self,
+        image: bytes,
+        options: ExplainOptions,
+        *,
+        model_name: str = "",
+        version: str = "",
+        timeout: float | None = None,
+    ) -> Explanation:
+        """Validate, decode here, batch the CAM computation with other callers', render the images here."""
+        start = time.perf_counter()
+        check_style(options.colormap, options.alpha)
+        name, resolved_version, model = self.registry.get(model_name, version)
+        _, layer = check_request(
+            model.module, model.version.metadata.architecture, options.method, options.layer
+        )
+        target = resolve_target(options.target, model.class_names)
+        picture = decode_image(image, self.image_limits)
+        tensor = model.preprocessing(picture)
+        decode_ms = (time.perf_counter() - start) * 1000
+        future = self.batcher.submit((model, options.method, layer), (tensor, target))
+        try:
+            batched = future.result(timeout=timeout)
+        except BaseException:
+            future.cancel()
+            raise
+        result = batched.value
+        overlay = self._overlay(picture, result, model, options)
+        names = model.class_names
+        return Explanation(
+            top=top_classes(result.probs, options.top_k, names),
+            target=(result.target, names[result.target], float(result.probs[result.target])),
+            method=options.method,
+            layer=layer,
+            heatmap_png=heatmap_png(result.heatmap),
+            overlay_png=overlay,
+            model_name=name,
+            model_version=resolved_version,
+            decode_ms=decode_ms,
+            queue_ms=batched.queue_ms,
+            inference_ms=batched.inference_ms,
+            batch_size=batched.batch_size,
+        )
+
+    def _overlay(
+        self, picture: Image.Image, result: CamResult, model: LoadedClassifier, options: ExplainOptions
+    ) -> bytes:
+        box = model.preprocessing.crop_box(picture.width, picture.height)
+        overlay = render_overlay(
+            picture,
+            result.heatmap,
+            box,
+            colormap=options.colormap,
+            alpha=options.alpha,
+            max_side=self.max_overlay_side,
+        )
+        return encode_png(overlay)

@@ -1,0 +1,75 @@
+"""Heatmap images: the raw 8-bit map, and the colour overlay placed where the model looked in the photo."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vision.errors import InvalidArgument
+from vision.imaging import encode_png
+
+COLORMAPS = ("jet", "viridis", "inferno", "turbo", "gray")
+DEFAULT_COLORMAP = "jet"
+DEFAULT_ALPHA = 0.5
+
+
+def heatmap_png(heatmap: torch.Tensor) -> bytes:
+    """8-bit grayscale PNG of a [0, 1] heatmap (H, W): pixel value = round(255 * h)."""
+    values = torch.round(heatmap.clamp(0, 1) * 255).to(torch.uint8).numpy()
+    return encode_png(Image.fromarray(values, mode="L"))
+
+
+def check_style(colormap: str, alpha: float) -> None:
+    """InvalidArgument naming the accepted values for an unknown colormap or an alpha outside [0, 1]."""
+    if colormap not in COLORMAPS:
+        raise InvalidArgument(f"unknown colormap {colormap!r}; accepted: {', '.join(COLORMAPS)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidArgument(f"alpha must be between 0 and 1, got {alpha}")
+
+
+@cache
+def _lut(colormap: str) -> np.ndarray:
+    """(256, 3) uint8 colour table of a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[colormap](np.linspace(0.0, 1.0, 256))
+    return np.round(rgba[:, :3] * 255).astype(np.uint8)
+
+
+def render_overlay(
+    image: Image.Image,
+    heatmap: torch.Tensor,
+    crop_box: tuple[float, float, float, float],
+    *,
+    colormap: str = DEFAULT_COLORMAP,
+    alpha: float = DEFAULT_ALPHA,
+    max_side: int = 2048,
+) -> Image.Image:
+    """The user's image with the coloured heatmap blended over ``crop_box`` (left, top, right, bottom in the
+    image's pixels): the region the model saw. Pixels outside it are left as they were.
+
+    Images longer than ``max_side`` are scaled down first (the box with them), keeping the geometry.
+    """
+    check_style(colormap, alpha)
+    lut = _lut(colormap)
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR
+        )
+    left, top, right, bottom = (round(v * scale) for v in crop_box)
+    left, top = max(left, 0), max(top, 0)
+    right, bottom = min(right, image.width), min(bottom, image.height)
+    size = (max(right - left, 1), max(bottom - top, 1))
+    resized = Image.fromarray(heatmap.numpy().astype(np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR
+    )
+    levels = np.clip(np.round(np.asarray(resized) * 255), 0, 255).astype(np.uint8)
+    colour = lut[levels].astype(np.float32)
+    out = np.asarray(image, dtype=np.float32).copy()
+    region = out[top : top + size[1], left : left + size[0]]
+    region[:] = (1 - alpha) * region + alpha * colour[: region.shape[0], : region.shape[1]]
+    return Image.fromarray(np.round(out).astype(np.uint8), mode="RGB")

@@ -1,0 +1,95 @@
+"""vision.v1.Explainer over gRPC: validate, convert, call the engine. Errors map in `maps_errors`."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from explain_svc.model import ExplainEngine, ExplainOptions
+from explain_svc.overlay import DEFAULT_ALPHA
+from vision.errors import InvalidArgument
+from vision.rpc_errors import maps_errors
+from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
+
+METHOD_NAMES = {
+    explainer_pb2.CAM_METHOD_UNSPECIFIED: "gradcam",
+    explainer_pb2.CAM_METHOD_CAM: "cam",
+    explainer_pb2.CAM_METHOD_GRAD_CAM: "gradcam",
+    explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS: "gradcampp",
+}
+METHOD_ENUMS = {
+    "cam": explainer_pb2.CAM_METHOD_CAM,
+    "gradcam": explainer_pb2.CAM_METHOD_GRAD_CAM,
+    "gradcampp": explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS,
+}
+COLORMAP_NAMES = {
+    explainer_pb2.COLORMAP_UNSPECIFIED: "jet",
+    explainer_pb2.COLORMAP_JET: "jet",
+    explainer_pb2.COLORMAP_VIRIDIS: "viridis",
+    explainer_pb2.COLORMAP_INFERNO: "inferno",
+    explainer_pb2.COLORMAP_TURBO: "turbo",
+    explainer_pb2.COLORMAP_GRAY: "gray",
+}
+
+
+def _scored(class_id: int, label: str, score: float) -> common_pb2.ScoredClass:
+    return common_pb2.ScoredClass(class_id=class_id, label=label, score=score)
+
+
+class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
+    def __init__(self, engine: ExplainEngine, max_top_k: int = 100) -> None:
+        self._engine = engine
+        self._max_top_k = max_top_k
+
+    @staticmethod
+    def _options(request: explainer_pb2.ExplainRequest, top_k: int) -> ExplainOptions:
+        if request.method not in METHOD_NAMES:
+            raise InvalidArgument(f"unknown method {request.method}; accepted: cam, gradcam, gradcampp")
+        if request.colormap not in COLORMAP_NAMES:
+            raise InvalidArgument(
+                f"unknown colormap {request.colormap}; accepted: {', '.join(COLORMAP_NAMES.values())}"
+            )
+        which = request.WhichOneof("target")
+        target: int | str | None = None if which is None else getattr(request, which)
+        return ExplainOptions(
+            method=METHOD_NAMES[request.method],
+            layer=request.layer,
+            target=target,
+            colormap=COLORMAP_NAMES[request.colormap],
+            alpha=request.alpha if request.HasField("alpha") else DEFAULT_ALPHA,
+            top_k=top_k,
+        )
+
+    @maps_errors
+    def Explain(
+        self, request: explainer_pb2.ExplainRequest, context: grpc.ServicerContext
+    ) -> explainer_pb2.ExplainResponse:
+        start = time.perf_counter()
+        top_k = request.top_k or 5
+        if not 1 <= top_k <= self._max_top_k:
+            raise InvalidArgument(f"top_k must be between 1 and {self._max_top_k}, got {request.top_k}")
+        result = self._engine.explain(
+            request.image,
+            self._options(request, top_k),
+            model_name=request.model.name,
+            version=request.model.version,
+            timeout=context.time_remaining(),
+        )
+        return explainer_pb2.ExplainResponse(
+            prediction=_scored(*result.top[0]),
+            top_k=[_scored(*c) for c in result.top],
+            target=_scored(*result.target),
+            method=METHOD_ENUMS[result.method],
+            layer=result.layer,
+            heatmap_png=result.heatmap_png,
+            overlay_png=result.overlay_png,
+            model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
+            timing=common_pb2.Timing(
+                decode_ms=result.decode_ms,
+                queue_ms=result.queue_ms,
+                inference_ms=result.inference_ms,
+                total_ms=(time.perf_counter() - start) * 1000,
+                batch_size=result.batch_size,
+            ),
+        )
