@@ -189,6 +189,7 @@ def test_decompression_bomb_is_refused_from_its_header_well_under_a_second(
 
 BAD_FORMS = [
     pytest.param({}, "image", 400, "invalid_request", "missing field 'file'", id="no-file-field"),
+    pytest.param({"file": "photo.jpg"}, "text", 400, "invalid_request", "file: ", id="file-sent-as-text"),
     pytest.param({"top_k": "0"}, "file", 400, "invalid_request", "top_k", id="top_k-0"),
     pytest.param({"top_k": "101"}, "file", 400, "invalid_request", "top_k", id="top_k-101"),
     pytest.param({"top_k": "five"}, "file", 400, "invalid_request", "top_k", id="top_k-not-a-number"),
@@ -209,6 +210,25 @@ def test_bad_form_is_rejected_with_the_reason_and_the_classifier_keeps_serving(
 ) -> None:
     response = api.post("/predict", data=form, files={file_field: ("photo.jpg", good_jpeg, "image/jpeg")})
     assert_error(response, status, code, fragment)
+    assert_still_serving(api, good_jpeg)
+
+
+BAD_BODIES = [
+    pytest.param(b'{"file": "photo.jpg"}', "application/json", "missing field 'file'", id="json-not-a-form"),
+    pytest.param(b"file=photo.jpg", "application/x-www-form-urlencoded", "file: ", id="urlencoded-form"),
+    pytest.param(b"garbage", "multipart/form-data", "missing boundary", id="multipart-without-boundary"),
+    pytest.param(b"garbage", "multipart/form-data; boundary=xyz", "invalid multipart", id="broken-multipart"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "fragment"), BAD_BODIES)
+def test_body_that_is_not_a_multipart_upload_is_rejected_and_the_classifier_keeps_serving(
+    api: httpx.Client, good_jpeg: bytes, body: bytes, content_type: str, fragment: str
+) -> None:
+    response = api.post("/predict", content=body, headers={"content-type": content_type})
+    assert response.status_code == 400, response.text
+    assert response.json()["success"] is False
+    assert fragment in response.json()["error"]["message"].lower()
     assert_still_serving(api, good_jpeg)
 
 

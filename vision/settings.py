@@ -42,6 +42,7 @@ class ServiceSettings(BaseSettings):
     max_image_bytes: int = shared(
         "VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest encoded image accepted."
     )
+    # Pillow refuses anything over 2 x Image.MAX_IMAGE_PIXELS (178,956,970) itself, whatever we allow.
     max_image_pixels: int = shared("VISION_MAX_IMAGE_PIXELS", 40_000_000, "Largest width*height accepted.")
 
     @property
