@@ -145,12 +145,15 @@ def explain_batch(
     captured: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-        if not analytic:
-            # A leaf that requires grad: the backward pass stops here instead of running through the
-            # earlier layers, whose parameters never need gradients.
-            output = output.detach().requires_grad_(True)
-        captured.append(output)
-        return output
+        if analytic:
+            captured.append(output)
+            return output
+        # A leaf that requires grad: the backward pass stops here instead of running through the earlier
+        # layers, whose parameters never need gradients. The network continues on a copy, so in-place
+        # operations after the layer (ReLU(inplace=True)) leave the captured activations intact.
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()
 
     handle = module.register_forward_hook(hook)
     try:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import grpc
 from fastapi import Depends, Request
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import GatewaySettings
-from vision.v1 import classifier_pb2_grpc, models_pb2_grpc
+from gateway.errors import ApiError, from_rpc_error
+from vision.v1 import classifier_pb2_grpc, explainer_pb2_grpc, models_pb2_grpc
+
+Reply = TypeVar("Reply")
 
 
 @dataclass
@@ -36,13 +41,34 @@ class Backends:
         for channel in self.channels.values():
             await channel.close(grace=None)
 
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """The channel to ``service``; 503 when that service is not part of this deployment."""
+        if service not in self.channels:
+            raise ApiError(
+                503,
+                "not_deployed",
+                f"the {service} service is not deployed here (set VISION_GATEWAY_{service.upper()}_ADDR)",
+            )
+        return self.channels[service]
+
+    async def call(self, service: str, method: Callable[..., Awaitable[Reply]], request: Message) -> Reply:
+        """Call ``method`` with the configured deadline; gRPC failures become the matching HTTP error."""
+        try:
+            return await method(request, timeout=self.settings.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, service, self.settings.retry_after_s) from exc
+
     @property
     def classifier(self) -> classifier_pb2_grpc.ClassifierStub:
-        return classifier_pb2_grpc.ClassifierStub(self.channels["classifier"])
+        return classifier_pb2_grpc.ClassifierStub(self.channel("classifier"))
 
     @property
     def classifier_models(self) -> models_pb2_grpc.ModelCatalogStub:
-        return models_pb2_grpc.ModelCatalogStub(self.channels["classifier"])
+        return models_pb2_grpc.ModelCatalogStub(self.channel("classifier"))
+
+    @property
+    def explainer(self) -> explainer_pb2_grpc.ExplainerStub:
+        return explainer_pb2_grpc.ExplainerStub(self.channel("explain"))
 
     async def health(self) -> dict[str, str]:
         """{service: SERVING | NOT_SERVING | UNAVAILABLE ...} from each service's grpc.health.v1."""

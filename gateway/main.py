@@ -13,7 +13,7 @@ from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimitMiddleware
-from gateway.routers import predict, system
+from gateway.routers import explain, predict, system
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -30,12 +30,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(
         title="Vision gateway",
         version="1.0",
-        description="Classification over HTTP, backed by gRPC vision services.",
+        description="Classification and explanations over HTTP, backed by gRPC vision services.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(predict.router)
+    app.include_router(explain.router)
     app.include_router(system.router)
 
     @app.get("/", include_in_schema=False)

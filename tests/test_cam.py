@@ -53,7 +53,9 @@ def test_the_closed_form_at_the_last_block_equals_a_real_backward_pass(
     resnet: nn.Module, batch: torch.Tensor, method: str
 ) -> None:
     fast = explain_batch(resnet, "resnet18", "layer4", METHODS[method], batch, [None, 3, 7])
-    slow = explain_batch(resnet, "resnet18", "layer4", METHODS[method], batch, [None, 3, 7], force_backward=True)
+    slow = explain_batch(
+        resnet, "resnet18", "layer4", METHODS[method], batch, [None, 3, 7], force_backward=True
+    )
     for a, b in zip(fast, slow, strict=True):
         assert a.target == b.target
         torch.testing.assert_close(a.heatmap, b.heatmap, atol=1e-4, rtol=1e-3)
@@ -79,7 +81,9 @@ def _reference_layer3(model: nn.Module, x: torch.Tensor, target: int) -> tuple[t
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
-def test_a_middle_layer_matches_the_published_definitions(resnet: nn.Module, batch: torch.Tensor, method: str) -> None:
+def test_a_middle_layer_matches_the_published_definitions(
+    resnet: nn.Module, batch: torch.Tensor, method: str
+) -> None:
     checked = 0
     for target in range(6):
         (result,) = explain_batch(resnet, "resnet18", "layer3", METHODS[method], batch[:1], [target])
@@ -109,7 +113,11 @@ def test_hooks_are_always_removed(resnet: nn.Module, batch: torch.Tensor) -> Non
 
 @pytest.mark.parametrize(
     ("method", "layer", "message"),
-    [("gradcam", "nope", "accepted: conv1, bn1"), ("cam", "layer3", "last conv block"), ("x", "", "accepted: cam")],
+    [
+        ("gradcam", "nope", "accepted: conv1, bn1"),
+        ("cam", "layer3", "last conv block"),
+        ("x", "", "accepted: cam"),
+    ],
 )
 def test_bad_method_or_layer_names_the_accepted_values(
     resnet: nn.Module, batch: torch.Tensor, method: str, layer: str, message: str

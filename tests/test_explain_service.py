@@ -49,7 +49,9 @@ def photo_with_object(size: tuple[int, int] = (640, 480)) -> Image.Image:
 
 @pytest.fixture
 def explain(store: ModelStore) -> Iterator[tuple[explainer_pb2_grpc.ExplainerStub, ModelStore]]:
-    publish_state_dict(store, "bright", brightness_model().state_dict(), ModelMetadata("smallcnn", ["dark", "bright"]))
+    publish_state_dict(
+        store, "bright", brightness_model().state_dict(), ModelMetadata("smallcnn", ["dark", "bright"])
+    )
     publish_random_model(store, "resnet18", seed=0)
     server, engine = create_explain_server(ExplainSettings(port=0, model_dir=store.root, poll_interval_s=0.2))
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -63,16 +65,25 @@ def hot_pixels(png: bytes, threshold: int = 250) -> np.ndarray:
     return np.argwhere(np.asarray(Image.open(io.BytesIO(png)).convert("L")) >= threshold)
 
 
-@pytest.mark.parametrize("method", [explainer_pb2.CAM_METHOD_CAM, explainer_pb2.CAM_METHOD_GRAD_CAM,
-                                    explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS])
+@pytest.mark.parametrize(
+    "method",
+    [
+        explainer_pb2.CAM_METHOD_CAM,
+        explainer_pb2.CAM_METHOD_GRAD_CAM,
+        explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS,
+    ],
+)
 @pytest.mark.parametrize("size", [(640, 480), (480, 640)])
 def test_the_overlays_hottest_region_sits_on_the_object_in_the_uploaded_photo(
     explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], method: int, size: tuple[int, int]
 ) -> None:
     stub, _ = explain
     request = explainer_pb2.ExplainRequest(
-        image=encode(photo_with_object(size), "PNG"), model=common_pb2.ModelRef(name="bright"), method=method,
-        colormap=explainer_pb2.COLORMAP_GRAY, alpha=1.0,
+        image=encode(photo_with_object(size), "PNG"),
+        model=common_pb2.ModelRef(name="bright"),
+        method=method,
+        colormap=explainer_pb2.COLORMAP_GRAY,
+        alpha=1.0,
     )
     reply = stub.Explain(request, timeout=30)
     assert reply.prediction.label == "bright" and reply.target.label == "bright"
@@ -83,19 +94,29 @@ def test_the_overlays_hottest_region_sits_on_the_object_in_the_uploaded_photo(
     left, top, right, bottom = OBJECT
     assert left <= cx <= right and top <= cy <= bottom, f"hot centre ({cx:.0f}, {cy:.0f}) is off the object"
     margin = 12  # the map is 8x coarser than the input, then upsampled
-    inside = ((hot[:, 1] >= left - margin) & (hot[:, 1] <= right + margin)
-              & (hot[:, 0] >= top - margin) & (hot[:, 0] <= bottom + margin))
+    inside = (
+        (hot[:, 1] >= left - margin)
+        & (hot[:, 1] <= right + margin)
+        & (hot[:, 0] >= top - margin)
+        & (hot[:, 0] <= bottom + margin)
+    )
     assert inside.mean() > 0.95
     heatmap = Image.open(io.BytesIO(reply.heatmap_png))
     assert heatmap.mode == "L" and heatmap.size == (224, 224)
     assert np.asarray(heatmap).max() == 255
 
 
-def test_a_stretched_overlay_would_miss_the_object(explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore]) -> None:
+def test_a_stretched_overlay_would_miss_the_object(
+    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore],
+) -> None:
     # The raw heatmap covers the centre crop only: stretching it over the whole photo lands elsewhere.
     stub, _ = explain
-    reply = stub.Explain(explainer_pb2.ExplainRequest(
-        image=encode(photo_with_object(), "PNG"), model=common_pb2.ModelRef(name="bright")), timeout=30)
+    reply = stub.Explain(
+        explainer_pb2.ExplainRequest(
+            image=encode(photo_with_object(), "PNG"), model=common_pb2.ModelRef(name="bright")
+        ),
+        timeout=30,
+    )
     stretched = Image.open(io.BytesIO(reply.heatmap_png)).resize((640, 480), Image.Resampling.BILINEAR)
     cy, cx = np.argwhere(np.asarray(stretched) >= 250).mean(axis=0)
     assert not (OBJECT[0] <= cx <= OBJECT[2]), "the test photo does not tell stretched from aligned"
@@ -106,8 +127,10 @@ def test_the_default_colormap_is_jet_and_blends_with_the_photo(
 ) -> None:
     stub, _ = explain
     photo = photo_with_object()
-    reply = stub.Explain(explainer_pb2.ExplainRequest(
-        image=encode(photo, "PNG"), model=common_pb2.ModelRef(name="bright")), timeout=30)
+    reply = stub.Explain(
+        explainer_pb2.ExplainRequest(image=encode(photo, "PNG"), model=common_pb2.ModelRef(name="bright")),
+        timeout=30,
+    )
     overlay = np.asarray(Image.open(io.BytesIO(reply.overlay_png))).astype(int)
     redness = overlay[..., 0] - overlay[..., 2]  # JET's hot end is red, its cold end blue
     cy, cx = np.unravel_index(np.argmax(redness), redness.shape)
@@ -119,14 +142,19 @@ def test_concurrent_requests_each_get_their_own_explanation(
     explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], bus_jpeg: bytes, zidane_jpeg: bytes
 ) -> None:
     stub, _ = explain
-    cases = [(img, method, target) for img in (bus_jpeg, zidane_jpeg)
-             for method in (explainer_pb2.CAM_METHOD_GRAD_CAM, explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS)
-             for target in (1, 7)]
+    cases = [
+        (img, method, target)
+        for img in (bus_jpeg, zidane_jpeg)
+        for method in (explainer_pb2.CAM_METHOD_GRAD_CAM, explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS)
+        for target in (1, 7)
+    ]
 
     def run(case: tuple[bytes, int, int]) -> explainer_pb2.ExplainResponse:
         image, method, target = case
-        return stub.Explain(explainer_pb2.ExplainRequest(image=image, method=method, target_class_id=target,
-                                                         layer="layer3"), timeout=60)
+        return stub.Explain(
+            explainer_pb2.ExplainRequest(image=image, method=method, target_class_id=target, layer="layer3"),
+            timeout=60,
+        )
 
     alone = [run(c) for c in cases]
     with ThreadPoolExecutor(len(cases) * 2) as pool:
@@ -153,7 +181,9 @@ def test_concurrent_requests_each_get_their_own_explanation(
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_accepted_values(
-    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], bus_jpeg: bytes, fields: dict[str, object],
+    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore],
+    bus_jpeg: bytes,
+    fields: dict[str, object],
     message: str,
 ) -> None:
     stub, _ = explain
@@ -176,8 +206,10 @@ def test_a_thousand_requests_do_not_grow_memory_or_leave_hooks(store: ModelStore
     engine = ExplainEngine(store, device="cpu", max_batch_delay_ms=1)
     engine.start()
     images = [encode(photo_with_object((96, 80)), "PNG"), encode(photo_with_object((80, 96)), "JPEG")]
-    options = [ExplainOptions(method=m, layer=layer) for m, layer in
-               (("gradcam", ""), ("gradcampp", "features.3"), ("cam", ""), ("gradcam", "features.0"))]
+    options = [
+        ExplainOptions(method=m, layer=layer)
+        for m, layer in (("gradcam", ""), ("gradcampp", "features.3"), ("cam", ""), ("gradcam", "features.0"))
+    ]
 
     def one(i: int) -> None:
         engine.explain(images[i % 2], options[i % 4], timeout=30)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from gateway.backends import BackendsDep
-from gateway.errors import from_rpc_error
 from vision.v1 import models_pb2
 
 router = APIRouter(tags=["system"])
@@ -31,12 +29,9 @@ async def health(backends: BackendsDep) -> JSONResponse:
 
 @router.get("/models", summary="Models the classifier can serve")
 async def models(backends: BackendsDep, task: str = "") -> dict[str, Any]:
-    try:
-        reply = await backends.classifier_models.ListModels(
-            models_pb2.ListModelsRequest(task=task), timeout=backends.settings.timeout_s
-        )
-    except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, "classifier", backends.settings.retry_after_s) from exc
+    reply = await backends.call(
+        "classifier", backends.classifier_models.ListModels, models_pb2.ListModelsRequest(task=task)
+    )
     return {
         "success": True,
         "default_model": reply.default_model,
