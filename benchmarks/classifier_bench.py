@@ -3,8 +3,8 @@
 
 Prints a markdown report (and with ``--json OUT`` writes the numbers):
 
-* bare model rows: the service's own model wrapper (``classifier_svc.model.load(...).predict``: same weights,
-  device, fp16 + channels_last on CUDA, softmax and copy back to the CPU) without gRPC or the batcher:
+* bare model rows: the service's own model wrapper (``vision.serving.load_for_serving(...).predict``: same
+  weights, device, fp16 + channels_last on CUDA, softmax and copy back to the CPU), no gRPC, no batcher:
   forward on preprocessed tensors at batch 1 and at the max batch size; decode + preprocess alone; decode +
   preprocess + forward at batch 1 in one thread; and the same with N threads, each on its own image (what a
   hand-rolled app would do: "bare at equal concurrency", measured before and after the services).
@@ -55,10 +55,10 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from classifier_svc.model import LoadedClassifier, load
 from vision.architectures import ARCHITECTURES, build_model
 from vision.devices import resolve_device
 from vision.imaging import decode_image
+from vision.serving import LoadedClassifier, load_for_serving
 from vision.store import ModelMetadata, ModelStore, ModelVersion
 from vision.v1 import classifier_pb2, classifier_pb2_grpc
 from vision.weights import publish_state_dict
@@ -115,6 +115,45 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def system_busy_seconds() -> float | None:
+    """CPU seconds all processes on the machine have used so far (Linux /proc/stat), else None."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, IndexError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by our processes during a phase, and by everything else on the machine (cores)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+        self.busy_before: float | None = None
+
+    def start(self) -> None:
+        self.before = {}
+        for name, pid in self.pids.items():
+            value = cpu_seconds(pid)
+            if value is not None:
+                self.before[name] = value
+        self.busy_before = system_busy_seconds()
+
+    def stop(self, wall_s: float) -> tuple[dict[str, float], float | None]:
+        busy_after = system_busy_seconds()
+        used: dict[str, float] = {}
+        for name, before in self.before.items():
+            after = cpu_seconds(self.pids[name])
+            if after is not None:
+                used[name] = after - before
+        other = None
+        if busy_after is not None and self.busy_before is not None and wall_s > 0:
+            other = max(0.0, (busy_after - self.busy_before - sum(used.values())) / wall_s)
+        return used, other
+
+
 @dataclass
 class Result:
     """One measured row."""
@@ -128,6 +167,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     timings: list[dict[str, float]] = field(default_factory=list, repr=False)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    other_cores: float | None = None
     errors: int = 0
     first_error: str = ""
     note: str = ""
@@ -152,6 +192,7 @@ class Result:
             "latency_p99_ms": _round(self.percentile(99)),
             "latency_mean_ms": _round(float(np.mean(self.latencies_ms)) if self.latencies_ms else None),
             "errors": self.errors,
+            "other_processes_cores": _round(self.other_cores),
             "note": self.note,
         }
         if self.first_error:
@@ -191,17 +232,14 @@ def run_load(
     n = len(calls)
     lock = threading.Lock()
     state: dict[str, float] = {"issued": 0}
-    cpu_before: dict[str, float] = {}
+    meter = CpuMeter(pids)
     latencies: list[list[float]] = [[] for _ in range(n)]
     timings: list[list[dict[str, float]]] = [[] for _ in range(n)]
     finished = [0.0] * n
     errors: list[str] = []
 
     def begin_measuring() -> None:  # runs once, in the last thread to reach the barrier
-        for name, pid in pids.items():
-            value = cpu_seconds(pid)
-            if value is not None:
-                cpu_before[name] = value
+        meter.start()
         state["t0"] = time.perf_counter()
         state["deadline"] = state["t0"] + seconds
 
@@ -245,11 +283,7 @@ def run_load(
     for thread in threads:
         thread.join()
     wall = max(finished) - state["t0"]
-    cpu = {}
-    for name, before in cpu_before.items():
-        after = cpu_seconds(pids[name])
-        if after is not None:
-            cpu[name] = after - before
+    cpu, other = meter.stop(wall)
     all_latencies = [x for per in latencies for x in per]
     return Result(
         key,
@@ -261,6 +295,7 @@ def run_load(
         all_latencies,
         [t for per in timings for t in per],
         cpu,
+        other,
         len(errors),
         errors[0][:300] if errors else "",
         note,
@@ -283,7 +318,8 @@ def run_loop(
         step()
     latencies: list[float] = []
     images = 0
-    cpu0 = time.process_time()
+    meter = CpuMeter({"bench (bare model)": os.getpid()})
+    meter.start()
     t0 = time.perf_counter()
     deadline = t0 + seconds
     while True:
@@ -294,8 +330,8 @@ def run_loop(
         if now >= deadline:
             break
     wall = time.perf_counter() - t0
-    cpu = {"bench (bare model)": time.process_time() - cpu0}
-    return Result(key, label, 1, batch, images, wall, latencies, cpu_s=cpu, note=note)
+    cpu, other = meter.stop(wall)
+    return Result(key, label, 1, batch, images, wall, latencies, cpu_s=cpu, other_cores=other, note=note)
 
 
 # -- processes -------------------------------------------------------------------------------------------
@@ -523,15 +559,29 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def results_table(results: list[Result]) -> str:
     lines = [
-        "| # | what | clients | batch | images/s | p50 ms | p99 ms | n | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| # | what | clients | batch | images/s | p50 ms | p99 ms | n | errors | other load, cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.key} | {r.label} | {r.concurrency} | {r.batch} | {r.throughput:.1f} | "
-            f"{fmt(r.percentile(50))} | {fmt(r.percentile(99))} | {r.images} | {r.errors} |"
+            f"{fmt(r.percentile(50))} | {fmt(r.percentile(99))} | {r.images} | {r.errors} | "
+            f"{fmt(r.other_cores, 2)} |"
         )
     return "\n".join(lines)
+
+
+def contention_warning(results: list[Result], threshold: float = 0.2) -> str:
+    """A warning when processes other than ours used CPU during a phase (the numbers are then unreliable)."""
+    busy = [r for r in results if r.other_cores is not None and r.other_cores > threshold]
+    if not busy:
+        return ""
+    worst = max(busy, key=lambda r: r.other_cores or 0.0)
+    return (
+        f"**WARNING: other processes on this machine used CPU during {', '.join(r.key for r in busy)} "
+        f"(up to {worst.other_cores:.2f} cores in {worst.key}); those rows and the ratios are not reliable. "
+        "Rerun on an idle machine.**"
+    )
 
 
 def ratio_rows(by_key: dict[str, Result], equal_conc: float, gpu: bool) -> list[dict[str, Any]]:
@@ -562,7 +612,31 @@ def ratio_rows(by_key: dict[str, Result], equal_conc: float, gpu: bool) -> list[
                     "met": None if target is None else value >= target,
                 }
             )
+        bare_cpu = [v for k in ("D1", "D2") if (v := cpu_ms_per_image(by_key[k], service_side=False))]
+        svc_cpu = cpu_ms_per_image(by_key[svc_key], service_side=True)
+        if svc_cpu and bare_cpu:
+            value = float(np.mean(bare_cpu)) / svc_cpu
+            rows.append(
+                {
+                    "service": svc_name,
+                    "versus": "bare at equal concurrency (D), CPU-normalised: bare CPU ms/image / "
+                    "service-side CPU ms/image (less sensitive to other load)",
+                    "ratio": round(value, 3),
+                    "target": None,
+                    "met": None,
+                }
+            )
     return rows
+
+
+def cpu_ms_per_image(result: Result, *, service_side: bool) -> float | None:
+    """CPU ms per image; ``service_side``: the service processes only (not the load generator), unless the
+    service runs inside this process (then everything: it cannot be told apart)."""
+    if not result.cpu_s or not result.images:
+        return None
+    in_process = service_side and "classifier_svc" not in result.cpu_s
+    used = [v for k, v in result.cpu_s.items() if in_process or not (service_side and k.startswith("bench"))]
+    return sum(used) * 1000 / result.images
 
 
 def ratios_table(rows: list[dict[str, Any]]) -> str:
@@ -704,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp_path = Path(tmp)
         store = ModelStore(tmp_path / "models")
         version = publish_random_model(store, args.arch)
-        model = load(version, device, half=True)
+        model = load_for_serving(version, device, half=True)
 
         # A, B: the bare forward on preprocessed tensors.
         tensors = [model.preprocessing(decode_image(data)) for data in images]
@@ -829,10 +903,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("\n## Throughput and latency\n")
     print(results_table(results))
+    warning = contention_warning(results)
+    if warning:
+        print(f"\n{warning}")
     print(
-        "\nA, B, C, P, D: the service's own model wrapper (`classifier_svc.model.load(...).predict`), "
+        "\nA, B, C, P, D: the service's own model wrapper (`vision.serving.load_for_serving(...).predict`), "
         "no gRPC and no batcher. Latency of A/B/C/P is per call (a call is a whole batch for B). "
-        "S, G: client-observed latency.\n"
+        "S, G: client-observed latency. 'Other load': CPU cores used during the phase by processes that are "
+        "not this benchmark's (/proc/stat).\n"
         f"'Bare at equal concurrency' (D) = {n} threads, each decoding + preprocessing its own JPEG and "
         "running a batch-1 forward, as a hand-rolled app would; the ratios use the mean of D1 and D2.\n"
     )
@@ -873,6 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "results": [r.summary() for r in results],
             "bare_equal_concurrency_images_per_s": round(equal_conc, 3),
             "ratios": ratios,
+            "contention_warning": warning or None,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json}")

@@ -1,4 +1,4 @@
-"""explain_svc as a real gRPC server: heatmaps that line up with the photo, under concurrency, without leaks."""
+"""explain_svc as a real gRPC server: heatmaps aligned with the photo, under concurrency, without leaks."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.server import create_explain_server
 from tests.conftest import encode, publish_random_model
 from vision.architectures import build_model
-from vision.grpc_server import GrpcServer
 from vision.store import ModelMetadata, ModelStore
 from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 from vision.weights import publish_state_dict
