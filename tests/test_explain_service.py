@@ -27,7 +27,7 @@ OBJECT = (400, 300, 460, 360)  # left, top, right, bottom of the bright square, 
 
 
 def brightness_model() -> torch.nn.Module:
-    """A SmallCNN wired by hand: channel 0 of every stage fires on bright pixels; class 1 ("bright") reads it."""
+    """A SmallCNN wired by hand: channel 0 of each stage fires on bright pixels; class 1 ("bright") reads it."""
     model = build_model("smallcnn", 2)
     with torch.no_grad():
         for p in model.parameters():
@@ -117,7 +117,7 @@ def test_a_stretched_overlay_would_miss_the_object(
         timeout=30,
     )
     stretched = Image.open(io.BytesIO(reply.heatmap_png)).resize((640, 480), Image.Resampling.BILINEAR)
-    cy, cx = np.argwhere(np.asarray(stretched) >= 250).mean(axis=0)
+    _cy, cx = np.argwhere(np.asarray(stretched) >= 250).mean(axis=0)
     assert not (OBJECT[0] <= cx <= OBJECT[2]), "the test photo does not tell stretched from aligned"
 
 
