@@ -27,7 +27,7 @@ OBJECT = (400, 300, 460, 360)  # left, top, right, bottom of the bright square, 
 
 
 def brightness_model() -> torch.nn.Module:
-    """A SmallCNN wired by hand: channel 0 of each stage fires on bright pixels; class 1 ("bright") reads it."""
+    """A SmallCNN wired by hand: channel 0 of each stage fires on bright pixels; class 1 reads it."""
     model = build_model("smallcnn", 2)
     with torch.no_grad():
         for p in model.parameters():
