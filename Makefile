@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy vision classifier_svc gateway benchmarks
+	$(VENV)/bin/mypy vision classifier_svc explain_svc detector_svc trainer_svc gateway benchmarks
 
 ## The whole suite: lint, types, tests.
 test: install lint typecheck

@@ -1,0 +1,1 @@
+"""detector_svc: object detection with Ultralytics YOLO over gRPC (vision.v1.Detector)."""

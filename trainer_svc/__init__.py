@@ -1,0 +1,1 @@
+"""trainer_svc: training jobs over gRPC (vision.v1.Trainer)."""
