@@ -68,8 +68,10 @@ def render_overlay(
         size, Image.Resampling.BILINEAR
     )
     levels = np.clip(np.round(np.asarray(resized) * 255), 0, 255).astype(np.uint8)
-    colour = lut[levels].astype(np.float32)
-    out = np.asarray(image, dtype=np.float32).copy()
-    region = out[top : top + size[1], left : left + size[0]]
-    region[:] = (1 - alpha) * region + alpha * colour[: region.shape[0], : region.shape[1]]
-    return Image.fromarray(np.round(out).astype(np.uint8), mode="RGB")
+    # Colour through a palette and blend with Image.blend: both run in Pillow's C code.
+    heat = Image.fromarray(levels, mode="P")
+    heat.putpalette(lut.tobytes())
+    region = image.crop((left, top, left + size[0], top + size[1]))
+    out = image.copy()
+    out.paste(Image.blend(region, heat.convert("RGB"), alpha), (left, top))
+    return out
