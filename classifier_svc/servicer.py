@@ -9,6 +9,7 @@ import grpc
 from classifier_svc.model import ClassifierEngine
 from vision.errors import InvalidArgument
 from vision.rpc_errors import maps_errors
+from vision.timing import timing_message
 from vision.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 DEFAULT_TOP_K = 5
@@ -39,11 +40,5 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 common_pb2.ScoredClass(class_id=i, label=label, score=s) for i, label, s in result.classes
             ],
             model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
-            timing=common_pb2.Timing(
-                decode_ms=result.decode_ms,
-                queue_ms=result.queue_ms,
-                inference_ms=result.inference_ms,
-                total_ms=(time.perf_counter() - start) * 1000,
-                batch_size=result.batch_size,
-            ),
+            timing=timing_message(result, start),
         )

@@ -138,12 +138,7 @@ class ExplainEngine:
         picture = decode_image(image, self.image_limits)
         tensor = model.preprocessing(picture)
         decode_ms = (time.perf_counter() - start) * 1000
-        future = self.batcher.submit((model, options.method, layer), (tensor, target))
-        try:
-            batched = future.result(timeout=timeout)
-        except BaseException:
-            future.cancel()
-            raise
+        batched = self.batcher.run((model, options.method, layer), (tensor, target), timeout=timeout)
         result = batched.value
         overlay = self._overlay(picture, result, model, options)
         names = model.class_names

@@ -10,6 +10,7 @@ from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.overlay import DEFAULT_ALPHA
 from vision.errors import InvalidArgument
 from vision.rpc_errors import maps_errors
+from vision.timing import timing_message
 from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 
 METHOD_NAMES = {
@@ -85,11 +86,5 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             heatmap_png=result.heatmap_png,
             overlay_png=result.overlay_png,
             model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
-            timing=common_pb2.Timing(
-                decode_ms=result.decode_ms,
-                queue_ms=result.queue_ms,
-                inference_ms=result.inference_ms,
-                total_ms=(time.perf_counter() - start) * 1000,
-                batch_size=result.batch_size,
-            ),
+            timing=timing_message(result, start),
         )

@@ -13,7 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
-from vision.v1 import classifier_pb2_grpc, explainer_pb2_grpc, models_pb2_grpc
+from vision.v1 import (
+    classifier_pb2_grpc,
+    detector_pb2_grpc,
+    explainer_pb2_grpc,
+    models_pb2_grpc,
+    trainer_pb2_grpc,
+)
 
 Reply = TypeVar("Reply")
 
@@ -69,6 +75,14 @@ class Backends:
     @property
     def explainer(self) -> explainer_pb2_grpc.ExplainerStub:
         return explainer_pb2_grpc.ExplainerStub(self.channel("explain"))
+
+    @property
+    def detector(self) -> detector_pb2_grpc.DetectorStub:
+        return detector_pb2_grpc.DetectorStub(self.channel("detector"))
+
+    @property
+    def trainer(self) -> trainer_pb2_grpc.TrainerStub:
+        return trainer_pb2_grpc.TrainerStub(self.channel("trainer"))
 
     async def health(self) -> dict[str, str]:
         """{service: SERVING | NOT_SERVING | UNAVAILABLE ...} from each service's grpc.health.v1."""

@@ -9,6 +9,8 @@ from vision.settings import MESSAGE_OVERHEAD_BYTES, shared
 
 # Multipart framing and the small form fields around the image.
 FORM_OVERHEAD_BYTES = 64 * 1024
+# Multipart framing per file of a training upload (part headers with the file name).
+TRAIN_PART_OVERHEAD_BYTES = 1024
 
 
 class GatewaySettings(BaseSettings):
@@ -29,6 +31,13 @@ class GatewaySettings(BaseSettings):
     max_image_bytes: int = shared(
         "VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest image upload accepted."
     )
+    train_max_files: int = Field(10_000, ge=1, description="Most images in one POST /train upload.")
+    train_max_bytes: int = Field(2 * 1024**3, ge=1, description="Most bytes of images in one POST /train.")
+    train_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Deadline of the CreateJob stream behind one POST /train (the whole upload).",
+    )
     log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
     log_json: bool = shared("VISION_LOG_JSON", False, "One JSON object per log line.")
 
@@ -43,6 +52,11 @@ class GatewaySettings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """Largest request body for an image upload route: the image plus the form around it."""
         return self.max_image_bytes + FORM_OVERHEAD_BYTES
+
+    @property
+    def max_train_body_bytes(self) -> int:
+        """Largest POST /train body: the images, each file's part headers, and the form fields."""
+        return self.train_max_bytes + self.train_max_files * TRAIN_PART_OVERHEAD_BYTES + FORM_OVERHEAD_BYTES
 
     @property
     def max_message_bytes(self) -> int:

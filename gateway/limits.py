@@ -2,11 +2,14 @@
 
 A declared Content-Length over the limit is refused at once; a chunked body without one is counted as it
 arrives and refused as soon as it passes the limit. Either way the client gets 413 with the JSON error body.
+One limit applies to every route except those given their own (``path_limits``: POST /train takes a whole
+dataset, not one image).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,19 +19,22 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimitMiddleware:
-    """Limit request bodies to ``max_bytes`` (pure ASGI, so it sees the bytes before the app does)."""
+    """Limit request bodies to ``max_bytes``, or ``path_limits[path]`` for those exact paths (pure ASGI, so
+    it sees the bytes before the app does)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         received = 0
         exceeded = False
@@ -38,7 +44,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     exceeded = True
                     raise _TooLarge
             return message
@@ -55,15 +61,15 @@ class BodySizeLimitMiddleware:
             if not exceeded:
                 raise
         if exceeded:
-            await self._reject(send)
+            await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, limit: int) -> None:
         body = json.dumps(
             {
                 "success": False,
                 "error": {
                     "code": "payload_too_large",
-                    "message": f"the upload is larger than the limit of {self.max_bytes} bytes",
+                    "message": f"the upload is larger than the limit of {limit} bytes",
                 },
             }
         ).encode()

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimitMiddleware
-from gateway.routers import explain, predict, system
+from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.routers import detect, explain, predict, system, train
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -37,13 +42,25 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(explain.router)
+    app.include_router(detect.router)
+    app.include_router(train.router)
     app.include_router(system.router)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    metrics = Metrics()
+    app.mount("/metrics", metrics.app(), name="metrics")
+    # The web client: packaged static files, no CDN.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        path_limits={train.TRAIN_PATH: settings.max_train_body_bytes},
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -29,6 +29,7 @@ def test_vision_run_serves_predict_and_ctrl_c_stops_everything(tmp_path: Path, b
     env = {
         **os.environ,
         "VISION_MODEL_DIR": str(store.root),
+        "VISION_DATA_DIR": str(tmp_path / "data"),  # trainer_svc's jobs: not the working directory's var/
         "VISION_GATEWAY_PORT": str(http_port),
         "VISION_CLASSIFIER_PORT": str(free_port()),
         "VISION_EXPLAIN_PORT": str(free_port()),

@@ -82,6 +82,15 @@ class DynamicBatcher(Generic[T, R]):
             ) from None
         return future
 
+    def run(self, key: Hashable, item: T, timeout: float | None = None) -> Batched[R]:
+        """Submit ``item`` and wait for its result; a caller that gives up (timeout, error) withdraws it."""
+        future = self.submit(key, item)
+        try:
+            return future.result(timeout=timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the worker."""
         self._closed = True

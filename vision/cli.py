@@ -1,4 +1,5 @@
-"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`."""
+"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, `vision train DIR`,
+`vision food101`."""
 
 from __future__ import annotations
 
@@ -15,16 +16,36 @@ def _store(args: argparse.Namespace) -> ModelStore:
     return ModelStore(args.model_dir)
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from vision.checkpoints import import_checkpoint
+def is_yolo_file(path: Path) -> bool:
+    """An ONNX export, or a torch checkpoint whose pickle names Ultralytics classes (read, not unpickled)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    import zipfile
 
-    version = import_checkpoint(
-        _store(args), Path(args.checkpoint), args.name, classes_file=args.classes, architecture=args.arch
-    )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return any(b"ultralytics.nn" in archive.read(n) for n in pickles)
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    path = Path(args.checkpoint)
+    if is_yolo_file(path):
+        from detector_svc.checkpoints import import_detection_file
+
+        version = import_detection_file(_store(args), path, args.name)
+    else:
+        from vision.checkpoints import import_checkpoint
+
+        version = import_checkpoint(
+            _store(args), path, args.name, classes_file=args.classes, architecture=args.arch
+        )
     meta = version.metadata
     print(
         f"imported {args.checkpoint} as {version.name} version {version.version} "
-        f"({meta.architecture}, {meta.num_classes} classes) into {version.path}"
+        f"({meta.task}, {meta.architecture}, {meta.num_classes} classes) into {version.path}"
     )
     return 0
 
@@ -74,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="model store directory (default: $VISION_MODEL_DIR or var/models)",
     )
     imp = models.add_parser("import", parents=[store_dir], help="import a PyTorch checkpoint (weights only)")
-    imp.add_argument("checkpoint", help="a .pth/.pt checkpoint: state dict or {'model_state_dict', ...}")
+    imp.add_argument(
+        "checkpoint",
+        help="a .pth/.pt checkpoint (state dict or {'model_state_dict', ...}), an Ultralytics YOLO .pt, "
+        "or a YOLO ONNX export",
+    )
     imp.add_argument("--name", required=True, help="model name in the store")
     imp.add_argument("--classes", type=Path, help="classes.txt, one class name per line, in label order")
     imp.add_argument(
@@ -94,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", help="mirror URL of the weights file")
     fetch.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     fetch.set_defaults(func=cmd_fetch)
+    try:  # argument definitions only: torch loads when a training command runs
+        from trainer_svc.cli import add_train_parsers
+    except ImportError:  # an image without trainer_svc (each service's container has only its own package)
+        pass
+    else:
+        add_train_parsers(sub, store_dir)
     return parser
 
 

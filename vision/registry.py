@@ -23,6 +23,7 @@ M = TypeVar("M")
 
 # The model a request gets when it names none and no default is configured: ImageNet ResNet18 if present.
 PREFERRED_DEFAULT = "resnet18"
+EMPTY_STORE_MESSAGE = "no model in the model store: import one with `vision models import` or train one"
 
 
 class ModelRegistry(Generic[M]):
@@ -37,6 +38,8 @@ class ModelRegistry(Generic[M]):
         poll_interval_s: float = 2.0,
         max_pinned: int = 4,
         task: str = "classification",
+        preferred_default: str = PREFERRED_DEFAULT,
+        empty_message: str = EMPTY_STORE_MESSAGE,
     ) -> None:
         self.store = store
         self._loader = loader
@@ -44,6 +47,8 @@ class ModelRegistry(Generic[M]):
         self._poll_interval = poll_interval_s
         self._max_pinned = max_pinned
         self._task = task
+        self._preferred = preferred_default
+        self._empty_message = empty_message
         self._latest: dict[str, tuple[str, M]] = {}  # name -> (version, model); replaced, never mutated
         self._pinned: OrderedDict[tuple[str, str], M] = OrderedDict()
         self._lock = threading.Lock()  # guards the references above
@@ -72,17 +77,21 @@ class ModelRegistry(Generic[M]):
 
     def refresh(self) -> None:
         """Load new versions that appeared in the store; forget models that were deleted."""
-        snapshot = {
-            name: version
-            for name, version in self.store.snapshot().items()
-            if self.store.get(name, version).metadata.task == self._task
-        }
+        snapshot = self._task_snapshot()
         for name, version in snapshot.items():
             current = self._latest.get(name)
             if current is None or int(current[0]) < int(version):
                 self._load_latest(name, version)
         with self._lock:
             self._latest = {n: v for n, v in self._latest.items() if n in snapshot}
+
+    def _task_snapshot(self) -> dict[str, str]:
+        """{name: newest version} of the store's models of this registry's task (others are ignored)."""
+        return {
+            name: version
+            for name, version in self.store.snapshot().items()
+            if self.store.get(name, version).metadata.task == self._task
+        }
 
     def _load_latest(self, name: str, version: str) -> M:
         with self._load_lock:
@@ -108,13 +117,11 @@ class ModelRegistry(Generic[M]):
             return name
         if self._default:
             return self._default
-        names = self.store.names()
+        names = list(self._task_snapshot())
         if not names:
-            raise NoModelAvailable(
-                "no model in the model store: import one with `vision models import` or train one"
-            )
-        if PREFERRED_DEFAULT in names:
-            return PREFERRED_DEFAULT
+            raise NoModelAvailable(self._empty_message)
+        if self._preferred in names:
+            return self._preferred
         latest = [self.store.get(n) for n in names]
         return max(latest, key=lambda v: v.metadata.created_at).name
 
@@ -127,6 +134,8 @@ class ModelRegistry(Generic[M]):
         if not version:
             # Published after the last poll: load it now rather than answer "not found".
             stored = self.store.get(name)
+            if stored.metadata.task != self._task:
+                raise ModelNotFound(f"model {name!r} is a {stored.metadata.task} model, not {self._task}")
             return name, stored.version, self._load_latest(name, stored.version)
         return name, version, self._get_pinned(name, version)
 

@@ -72,7 +72,7 @@ class Food101Dataset(_message.Message):
     def __init__(self, max_images_per_class: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("model_name", "architecture", "class_names", "pretrained", "mode", "epochs", "batch_size", "learning_rate", "optimizer", "val_fraction", "seed", "patience", "label_smoothing", "upload", "image_folder", "food101")
+    __slots__ = ("model_name", "architecture", "class_names", "pretrained", "mode", "epochs", "batch_size", "learning_rate", "optimizer", "val_fraction", "seed", "patience", "label_smoothing", "upload", "image_folder", "food101", "img_size", "horizontal_flip")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class JobSpec(_message.Message):
     UPLOAD_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FOLDER_FIELD_NUMBER: _ClassVar[int]
     FOOD101_FIELD_NUMBER: _ClassVar[int]
+    IMG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HORIZONTAL_FLIP_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     architecture: Architecture
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -105,7 +107,9 @@ class JobSpec(_message.Message):
     upload: UploadedDataset
     image_folder: ImageFolderDataset
     food101: Food101Dataset
-    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., pretrained: _Optional[bool] = ..., mode: _Optional[_Union[TrainMode, str]] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., patience: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., upload: _Optional[_Union[UploadedDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., food101: _Optional[_Union[Food101Dataset, _Mapping]] = ...) -> None: ...
+    img_size: int
+    horizontal_flip: bool
+    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., pretrained: _Optional[bool] = ..., mode: _Optional[_Union[TrainMode, str]] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., patience: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., upload: _Optional[_Union[UploadedDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., food101: _Optional[_Union[Food101Dataset, _Mapping]] = ..., img_size: _Optional[int] = ..., horizontal_flip: _Optional[bool] = ...) -> None: ...
 
 class ImageChunk(_message.Message):
     __slots__ = ("file_index", "class_name", "file_name", "data", "last")
@@ -162,7 +166,7 @@ class JobResult(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., accuracy: _Optional[float] = ..., per_class: _Optional[_Iterable[_Union[ClassMetrics, _Mapping]]] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., best_epoch: _Optional[int] = ..., confusion_matrix_png: _Optional[bytes] = ..., training_curves_png: _Optional[bytes] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "created_at", "started_at", "finished_at", "epoch", "total_epochs", "error", "class_counts", "result")
+    __slots__ = ("id", "state", "spec", "created_at", "started_at", "finished_at", "epoch", "total_epochs", "error", "class_counts", "result", "progress")
     class ClassCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +185,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     spec: JobSpec
@@ -192,7 +197,8 @@ class Job(_message.Message):
     error: str
     class_counts: _containers.ScalarMap[str, int]
     result: JobResult
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., error: _Optional[str] = ..., class_counts: _Optional[_Mapping[str, int]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ...) -> None: ...
+    progress: JobEvent
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., error: _Optional[str] = ..., class_counts: _Optional[_Mapping[str, int]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., progress: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -236,10 +242,12 @@ class JobEvent(_message.Message):
         KIND_STATE: _ClassVar[JobEvent.Kind]
         KIND_PROGRESS: _ClassVar[JobEvent.Kind]
         KIND_EPOCH: _ClassVar[JobEvent.Kind]
+        KIND_MESSAGE: _ClassVar[JobEvent.Kind]
     KIND_UNSPECIFIED: JobEvent.Kind
     KIND_STATE: JobEvent.Kind
     KIND_PROGRESS: JobEvent.Kind
     KIND_EPOCH: JobEvent.Kind
+    KIND_MESSAGE: JobEvent.Kind
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -273,3 +281,17 @@ class JobEvent(_message.Message):
     eta_seconds: float
     message: str
     def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobEvent.Kind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., step: _Optional[int] = ..., steps_per_epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., images_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetModelReportRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+
+class GetModelReportResponse(_message.Message):
+    __slots__ = ("report", "job_id")
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    report: JobResult
+    job_id: str
+    def __init__(self, report: _Optional[_Union[JobResult, _Mapping]] = ..., job_id: _Optional[str] = ...) -> None: ...

@@ -60,6 +60,11 @@ class TrainerStub:
                 request_serializer=vision_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=vision_dot_v1_dot_trainer__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.GetModelReport = channel.unary_unary(
+                '/vision.v1.Trainer/GetModelReport',
+                request_serializer=vision_dot_v1_dot_trainer__pb2.GetModelReportRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_trainer__pb2.GetModelReportResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServicer:
@@ -99,6 +104,13 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelReport(self, request, context):
+        """The evaluation stored with a model version the trainer published: metrics, confusion matrix, PNGs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +138,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=vision_dot_v1_dot_trainer__pb2.WatchJobRequest.FromString,
                     response_serializer=vision_dot_v1_dot_trainer__pb2.JobEvent.SerializeToString,
+            ),
+            'GetModelReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelReport,
+                    request_deserializer=vision_dot_v1_dot_trainer__pb2.GetModelReportRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_trainer__pb2.GetModelReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +281,33 @@ class Trainer:
             '/vision.v1.Trainer/WatchJob',
             vision_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
             vision_dot_v1_dot_trainer__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vision.v1.Trainer/GetModelReport',
+            vision_dot_v1_dot_trainer__pb2.GetModelReportRequest.SerializeToString,
+            vision_dot_v1_dot_trainer__pb2.GetModelReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,147 @@
+{{/* Names: "<release>-<service>", or "<release>-vision-<service>" when the release name lacks "vision". */}}
+{{- define "vision.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The four gRPC services, with what the chart fixes about them: ports as in the README; stopSeconds is
+     how long the service may take after draining (unloading models; the trainer also stops its job's
+     worker process, up to 25 s). */}}
+{{- define "vision.grpcServices" -}}
+classifier: {port: 50051, prefix: VISION_CLASSIFIER_, stopSeconds: 15}
+explain: {port: 50052, prefix: VISION_EXPLAIN_, stopSeconds: 15}
+detector: {port: 50053, prefix: VISION_DETECTOR_, stopSeconds: 15}
+trainer: {port: 50054, prefix: VISION_TRAINER_, stopSeconds: 35}
+{{- end -}}
+
+{{- define "vision.gatewayPort" -}}8000{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "classifier") */}}
+{{- define "vision.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* All labels of one component: (dict "root" $ "component" "classifier"); component may be "". */}}
+{{- define "vision.labels" -}}
+{{ include "vision.selectorLabels" . }}
+app.kubernetes.io/part-of: vision
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Image reference of one service: (dict "root" $ "svc" .Values.classifier) */}}
+{{- define "vision.image" -}}
+{{- $g := .root.Values.global.image -}}
+{{- $tag := .svc.image.tag | default $g.tag | default .root.Chart.AppVersion -}}
+{{- if $g.registry -}}
+{{- printf "%s/%s:%s" $g.registry .svc.image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .svc.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A value as an environment string: whole numbers stay whole (Helm reads YAML numbers as float64). */}}
+{{- define "vision.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- int64 . | toString -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment of every process (the shared ConfigMap). */}}
+{{- define "vision.sharedEnv" -}}
+{{- $g := .Values.global -}}
+VISION_LOG_LEVEL: {{ $g.log.level | quote }}
+VISION_LOG_JSON: {{ include "vision.envValue" $g.log.json | quote }}
+VISION_MAX_IMAGE_BYTES: {{ include "vision.envValue" $g.maxImageBytes | quote }}
+{{- end -}}
+
+{{/* Environment of one gRPC service: (dict "root" $ "name" "classifier"). The chart's own keys win over
+     `config` where they must agree with the pod spec (host, port, paths, shutdown timing). */}}
+{{- define "vision.grpcEnv" -}}
+{{- $root := .root -}}
+{{- $svc := index $root.Values .name -}}
+{{- $facts := index (include "vision.grpcServices" $root | fromYaml) .name -}}
+{{- $p := $facts.prefix -}}
+{{- $env := dict (printf "%sDEVICE" $p) (ternary "auto" "cpu" (gt (int $svc.gpu) 0)) -}}
+{{- range $key, $value := $svc.config -}}
+{{- $_ := set $env $key (include "vision.envValue" $value) -}}
+{{- end -}}
+{{- $_ := set $env (printf "%sHOST" $p) "0.0.0.0" -}}
+{{- $_ := set $env (printf "%sPORT" $p) (toString $facts.port) -}}
+{{- $_ := set $env (printf "%sSHUTDOWN_DELAY_SECONDS" $p) (include "vision.envValue" $svc.shutdown.delaySeconds) -}}
+{{- $_ := set $env (printf "%sGRACE_SECONDS" $p) (include "vision.envValue" $svc.shutdown.graceSeconds) -}}
+{{- $_ := set $env "VISION_MODEL_DIR" "/models" -}}
+{{- $_ := set $env "VISION_MAX_IMAGE_PIXELS" (include "vision.envValue" $root.Values.global.maxImagePixels) -}}
+{{- if eq .name "trainer" -}}
+{{- $_ := set $env "VISION_DATA_DIR" "/data" -}}
+{{- $_ := set $env "VISION_TRAINER_KAGGLEHUB_CACHE" "/data/kagglehub" -}}
+{{- end -}}
+{{- range $key := keys $env | sortAlpha }}
+{{ $key }}: {{ index $env $key | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment of the gateway: the addresses of the enabled services, then `config`. */}}
+{{- define "vision.gatewayEnv" -}}
+{{- $root := . -}}
+{{- $env := dict -}}
+{{- range $key, $value := .Values.gateway.config -}}
+{{- $_ := set $env $key (include "vision.envValue" $value) -}}
+{{- end -}}
+{{- $_ := set $env "VISION_GATEWAY_HOST" "0.0.0.0" -}}
+{{- $_ := set $env "VISION_GATEWAY_PORT" (include "vision.gatewayPort" .) -}}
+{{- range $name, $facts := include "vision.grpcServices" . | fromYaml -}}
+{{- if (index $root.Values $name).enabled -}}
+{{- $addr := printf "%s-%s:%v" (include "vision.fullname" $root) $name $facts.port -}}
+{{- $_ := set $env (printf "VISION_GATEWAY_%s_ADDR" (upper $name)) $addr -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := keys $env | sortAlpha }}
+{{ $key }}: {{ index $env $key | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod- and container-level security: Pod Security "restricted", always. */}}
+{{- define "vision.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "vision.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "vision.modelStoreClaim" -}}
+{{- .Values.global.modelStore.existingClaim | default (printf "%s-models" (include "vision.fullname" .)) -}}
+{{- end -}}
+
+{{- define "vision.trainerDataClaim" -}}
+{{- .Values.trainer.persistence.existingClaim | default (printf "%s-trainer-data" (include "vision.fullname" .)) -}}
+{{- end -}}
+
+{{- define "vision.kaggleSecret" -}}
+{{- .Values.global.auth.kaggle.existingSecret | default (printf "%s-kaggle" (include "vision.fullname" .)) -}}
+{{- end -}}

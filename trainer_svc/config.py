@@ -1,0 +1,66 @@
+"""trainer_svc settings, from VISION_TRAINER_* environment variables (plus the shared VISION_* ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from vision.settings import ServiceSettings, shared
+
+GIB = 1024**3
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VISION_TRAINER_", extra="ignore", populate_by_name=True)
+
+    port: int = Field(50054, ge=0, le=65535, description="gRPC port (0: any free port).")
+    data_dir: Path = shared(
+        "VISION_DATA_DIR", Path("var/data"), "Job database, uploaded datasets and checkpoints live here."
+    )
+    datasets_dir: Path | None = Field(
+        None,
+        description="ImageFolder datasets named in a job must lie under this directory; "
+        "unset: <data_dir>/datasets.",
+    )
+    max_upload_files: int = Field(10_000, ge=1, description="Most images in one uploaded dataset.")
+    max_upload_bytes: int = Field(2 * GIB, ge=1, description="Most bytes of images in one upload.")
+    max_classes: int = Field(1000, ge=2, description="Most classes in one job.")
+    min_images_per_class: int = Field(
+        5, ge=2, description="Fewest images a class may have (before the train/validation split)."
+    )
+    max_epochs: int = Field(1000, ge=1, description="Largest epochs a job may ask for.")
+    default_patience: int = Field(5, ge=1, description="Early-stopping patience when a job names none.")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts of one job (first run + resumes after crashes) before it is failed."
+    )
+    loader_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes per job.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads in a job; 0: torch's default.")
+    progress_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between progress events within an epoch."
+    )
+    cancel_grace_s: float = Field(
+        30.0, gt=0, description="How long a cancelled job may take to stop before it is killed."
+    )
+    pretrained_url: str = Field(
+        "",
+        description="Mirror of the ImageNet weights (a file named like torchvision's); empty: torchvision's.",
+    )
+    pretrained_timeout_s: float = Field(10.0, gt=0, description="Network timeout of that download.")
+    food101_handle: str = Field("dansbecker/food-101", description="kagglehub dataset handle of Food-101.")
+    kagglehub_cache: Path | None = Field(
+        None, description="kagglehub cache directory (KAGGLEHUB_CACHE for jobs); unset: kagglehub's default."
+    )
+    keep_job_files: bool = Field(
+        False, description="Keep a finished job's uploaded images and checkpoints (debugging)."
+    )
+
+    @property
+    def image_folder_root(self) -> Path:
+        return self.datasets_dir or self.data_dir / "datasets"
+
+    @property
+    def max_message_bytes(self) -> int:
+        # Upload chunks are small; a GetModelReport reply carries two PNGs.
+        return max(self.max_image_bytes, 32 * 1024 * 1024) + 1024 * 1024

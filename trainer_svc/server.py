@@ -1,0 +1,50 @@
+"""Assemble trainer_svc: job manager, servicer, health, reflection."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from trainer_svc.config import TrainerSettings
+from trainer_svc.manager import JobManager
+from trainer_svc.servicer import TrainerServicer
+from vision.grpc_server import GrpcServer, create_server
+from vision.v1 import trainer_pb2, trainer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TRAINER_SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+
+
+def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobManager]:
+    """Open the job database (resuming interrupted jobs), start listening, report SERVING.
+
+    Call ``manager.close()`` after stopping the server: running jobs are stopped and resume on next start.
+    """
+    manager = JobManager(settings)
+
+    def register(server: grpc.Server) -> tuple[str, ...]:
+        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(manager, settings), server)
+        return (TRAINER_SERVICE,)
+
+    try:
+        grpc_server = create_server(
+            settings.address,
+            register,
+            max_message_bytes=settings.max_message_bytes,
+            max_workers=settings.max_workers,
+        )
+    except BaseException:
+        manager.close()
+        raise
+    manager.start()
+    grpc_server.set_serving()
+    log.info(
+        "trainer_svc SERVING on %s:%d (data %s, devices %s)",
+        settings.host,
+        grpc_server.port,
+        manager.data_dir,
+        ", ".join(manager.slots),
+    )
+    return grpc_server, manager

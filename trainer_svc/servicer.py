@@ -1,0 +1,145 @@
+"""vision.v1.Trainer over gRPC: validate, convert, hand to the JobManager. Errors map in `maps_errors`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from trainer_svc.config import TrainerSettings
+from trainer_svc.data import check_min_per_class, load_image_folder
+from trainer_svc.manager import JobManager
+from trainer_svc.publishing import ensure_imagenet, read_report
+from trainer_svc.results import report_proto
+from trainer_svc.spec import to_config
+from trainer_svc.train_config import TrainConfig
+from trainer_svc.uploads import UploadWriter
+from vision.errors import InvalidArgument, VisionError
+from vision.rpc_errors import maps_errors
+from vision.v1 import trainer_pb2, trainer_pb2_grpc
+
+DEFAULT_PAGE_SIZE = 50
+
+
+class UploadCancelled(VisionError):
+    code = grpc.StatusCode.CANCELLED
+
+
+MAX_PAGE_SIZE = 500
+WATCH_POLL_S = 1.0
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    def __init__(self, manager: JobManager, settings: TrainerSettings) -> None:
+        self._manager = manager
+        self._settings = settings
+
+    def _check_dataset(self, config: TrainConfig) -> dict[str, int]:
+        """Fail before any upload or queueing: pretrained weights present (or fetched), folders usable."""
+        if config.pretrained:
+            s = self._settings
+            ensure_imagenet(
+                self._manager.store, config.architecture, url=s.pretrained_url, timeout=s.pretrained_timeout_s
+            )
+        if config.dataset == "image_folder":
+            split = load_image_folder(
+                Path(config.dataset_path),
+                config.val_fraction,
+                config.seed,
+                self._settings.min_images_per_class,
+            )
+            return split.class_counts()
+        return {}
+
+    def _receive_upload(
+        self, requests: Iterator[trainer_pb2.CreateJobRequest], config: TrainConfig
+    ) -> tuple[UploadWriter, dict[str, int]]:
+        writer = self._manager.new_upload(config.class_names)
+        try:
+            for request in requests:
+                if not request.HasField("chunk"):
+                    raise InvalidArgument("only image chunks may follow the JobSpec")
+                writer.add(request.chunk)
+            per_label = writer.finish()
+            counts = {config.class_names[i]: n for i, n in per_label.items()}
+            check_min_per_class(counts, self._settings.min_images_per_class)
+            return writer, counts
+        except grpc.RpcError as exc:  # the client went away (or cancelled) mid-upload
+            writer.abort()
+            raise UploadCancelled("the upload was cancelled before it finished; nothing was kept") from exc
+        except BaseException:
+            writer.abort()
+            raise
+
+    @maps_errors
+    def CreateJob(
+        self, request_iterator: Iterator[trainer_pb2.CreateJobRequest], context: grpc.ServicerContext
+    ) -> trainer_pb2.Job:
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("spec"):
+            raise InvalidArgument("the first CreateJob message must be the JobSpec")
+        config = to_config(first.spec, self._settings)
+        counts = self._check_dataset(config)
+        if config.dataset != "upload":
+            if next(request_iterator, None) is not None:
+                raise InvalidArgument(f"a {config.dataset} job takes no uploaded images")
+            return self._manager.submit(first.spec, config, counts, None).to_proto()
+        writer, counts = self._receive_upload(request_iterator, config)
+        try:
+            return self._manager.submit(first.spec, config, counts, writer).to_proto()
+        except BaseException:
+            writer.abort()
+            raise
+
+    @maps_errors
+    def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
+        return self._manager.get(request.job_id).to_proto()
+
+    @maps_errors
+    def ListJobs(
+        self, request: trainer_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ListJobsResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {request.page_size}")
+        token = request.page_token
+        if token and not token.isdigit():
+            raise InvalidArgument("page_token is not one this service gave out")
+        rows = self._manager.db.page(size, int(token or 0))
+        next_token = str(rows[-1].seq) if len(rows) == size and rows[-1].seq > 1 else ""
+        return trainer_pb2.ListJobsResponse(jobs=[row.to_proto() for row in rows], next_page_token=next_token)
+
+    @maps_errors
+    def CancelJob(
+        self, request: trainer_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.Job:
+        return self._manager.cancel(request.job_id).to_proto()
+
+    def WatchJob(
+        self, request: trainer_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.JobEvent]:
+        """Every event so far, then new ones as they happen, until the job has ended."""
+        row = self._manager.db.get(request.job_id)
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        seq = 0
+        while context.is_active():
+            row = self._manager.db.get(request.job_id)
+            events = self._manager.db.events_after(request.job_id, seq)
+            for number, event in events:
+                seq = number
+                yield event
+            if row is None or row.terminal:  # its final STATE event was committed with the state: sent above
+                return
+            if not events:
+                self._manager.records.wait_for_change(WATCH_POLL_S)
+
+    @maps_errors
+    def GetModelReport(
+        self, request: trainer_pb2.GetModelReportRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.GetModelReportResponse:
+        if not request.model.name:
+            raise InvalidArgument("model.name is required: the model whose training report you want")
+        version = self._manager.store.get(request.model.name, request.model.version)
+        return report_proto(read_report(version), version)
