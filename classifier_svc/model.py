@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vision.batching import DynamicBatcher
 from vision.devices import resolve_device
+from vision.engine import ServingEngine
 from vision.imaging import ImageLimits, decode_image
 from vision.registry import ModelRegistry
 from vision.serving import LoadedClassifier, load_for_serving, top_classes
@@ -30,7 +30,7 @@ class Classification:
     batch_size: int
 
 
-class ClassifierEngine:
+class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tensor]):
     """Decodes images in the caller's thread and batches the forward passes of concurrent callers."""
 
     def __init__(
@@ -48,26 +48,20 @@ class ClassifierEngine:
     ) -> None:
         self.device = resolve_device(device)
         self.image_limits = image_limits or ImageLimits()
-        self.registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
+        registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
             store,
             lambda v: load_for_serving(v, self.device, half),
             default_model=default_model,
             poll_interval_s=poll_interval_s,
         )
-        self.batcher: DynamicBatcher[torch.Tensor, torch.Tensor] = DynamicBatcher(
+        super().__init__(
+            registry,
             self._run_batch,
             max_batch_size=max_batch_size,
-            max_delay_s=max_batch_delay_ms / 1000,
+            max_batch_delay_ms=max_batch_delay_ms,
             max_queue=max_queue,
             name="classifier-batcher",
         )
-
-    def start(self) -> None:
-        self.registry.start()
-
-    def close(self) -> None:
-        self.registry.stop()
-        self.batcher.close(timeout=10)
 
     @staticmethod
     def _run_batch(model: LoadedClassifier, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -24,8 +24,8 @@ from PIL import Image
 
 from detector_svc.network import DETECTION_TASK, load_yolo
 from detector_svc.options import DetectOptions, resolve_classes
-from vision.batching import DynamicBatcher
 from vision.devices import resolve_device
+from vision.engine import ServingEngine
 from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
 from vision.imaging import ImageLimits, decode_image, encode_png
 from vision.registry import ModelRegistry
@@ -145,7 +145,7 @@ def boxes_of(result: Results, names: list[str]) -> list[Box]:
     return sorted(boxes, key=lambda b: -b.confidence)
 
 
-class DetectorEngine:
+class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
     """Decodes images in the caller's thread and batches the ``predict`` calls of concurrent callers."""
 
     def __init__(
@@ -167,7 +167,7 @@ class DetectorEngine:
         self.image_limits = image_limits or ImageLimits()
         self.max_det_limit = max_det_limit
         self.max_imgsz = max_imgsz
-        self.registry: ModelRegistry[ServedDetector] = ModelRegistry(
+        registry: ModelRegistry[ServedDetector] = ModelRegistry(
             store,
             lambda v: load_for_serving(v, self.device, half),
             default_model=default_model,
@@ -176,20 +176,14 @@ class DetectorEngine:
             preferred_default=DEFAULT_MODEL,
             empty_message=NO_DETECTION_MODEL,
         )
-        self.batcher: DynamicBatcher[np.ndarray, Results] = DynamicBatcher(
+        super().__init__(
+            registry,
             self._run_batch,
             max_batch_size=max_batch_size,
-            max_delay_s=max_batch_delay_ms / 1000,
+            max_batch_delay_ms=max_batch_delay_ms,
             max_queue=max_queue,
             name="detector-batcher",
         )
-
-    def start(self) -> None:
-        self.registry.start()
-
-    def close(self) -> None:
-        self.registry.stop()
-        self.batcher.close(timeout=10)
 
     @staticmethod
     def _run_batch(key: PredictKey, images: Sequence[np.ndarray]) -> list[Results]:

@@ -11,8 +11,8 @@ from PIL import Image
 
 from explain_svc.cam import METHODS, CamResult, check_request, explain_batch
 from explain_svc.overlay import check_style, heatmap_png, render_overlay
-from vision.batching import DynamicBatcher
 from vision.devices import resolve_device
+from vision.engine import ServingEngine
 from vision.errors import InvalidArgument
 from vision.imaging import ImageLimits, decode_image, encode_png
 from vision.registry import ModelRegistry
@@ -65,7 +65,7 @@ def resolve_target(target: int | str | None, class_names: list[str]) -> int | No
     raise InvalidArgument(f"unknown target label {target!r}; accepted: a class id or one of {examples}{more}")
 
 
-class ExplainEngine:
+class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | None], CamResult]):
     def __init__(
         self,
         store: ModelStore,
@@ -83,26 +83,20 @@ class ExplainEngine:
         self.image_limits = image_limits or ImageLimits()
         self.max_overlay_side = max_overlay_side
         # float32 even on CUDA: gradients of half-precision activations lose the small weights.
-        self.registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
+        registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
             store,
             lambda v: load_for_serving(v, self.device, half=False),
             default_model=default_model,
             poll_interval_s=poll_interval_s,
         )
-        self.batcher: DynamicBatcher[tuple[torch.Tensor, int | None], CamResult] = DynamicBatcher(
+        super().__init__(
+            registry,
             self._run_batch,
             max_batch_size=max_batch_size,
-            max_delay_s=max_batch_delay_ms / 1000,
+            max_batch_delay_ms=max_batch_delay_ms,
             max_queue=max_queue,
             name="explain-batcher",
         )
-
-    def start(self) -> None:
-        self.registry.start()
-
-    def close(self) -> None:
-        self.registry.stop()
-        self.batcher.close(timeout=10)
 
     def _run_batch(
         self, key: tuple[LoadedClassifier, str, str], items: Sequence[tuple[torch.Tensor, int | None]]
