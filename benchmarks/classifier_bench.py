@@ -3,8 +3,8 @@
 
 Prints a markdown report (and with ``--json OUT`` writes the numbers):
 
-* bare model rows: the service's own model wrapper (``vision.serving.load_for_serving(...).predict``: same
-  weights, device, fp16 + channels_last on CUDA, softmax and copy back to the CPU), no gRPC, no batcher:
+* bare model rows: the service's own model wrapper (``load_for_serving(...).predict``:
+  same weights, device, fp16 + channels_last on CUDA, softmax and copy back to the CPU), no gRPC, no batcher:
   forward on preprocessed tensors at batch 1 and at the max batch size; decode + preprocess alone; decode +
   preprocess + forward at batch 1 in one thread; and the same with N threads, each on its own image (what a
   hand-rolled app would do: "bare at equal concurrency", measured before and after the services).
@@ -55,13 +55,14 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from vision.architectures import ARCHITECTURES, build_model
-from vision.devices import resolve_device
-from vision.imaging import decode_image
-from vision.serving import LoadedClassifier, load_for_serving
-from vision.store import ModelMetadata, ModelStore, ModelVersion
+from vision.choices import ARCHITECTURES
+from vision.image.decode import decode_image
+from vision.models.architectures import build_model
+from vision.models.devices import resolve_device
+from vision.models.store import ModelMetadata, ModelStore, ModelVersion
+from vision.models.weights import publish_state_dict
+from vision.serving.classifier import LoadedClassifier, load_for_serving
 from vision.v1 import classifier_pb2, classifier_pb2_grpc
-from vision.weights import publish_state_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 1000
@@ -726,7 +727,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="VISION_CLASSIFIER_MAX_BATCH_DELAY_MS (default: the service's own default)",
     )
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet18")
+    parser.add_argument("--arch", choices=ARCHITECTURES.names, default=ARCHITECTURES.default)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument(
         "--threads",
@@ -954,7 +955,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if warning:
         print(f"\n{warning}")
     print(
-        "\nA, B, C, P, D: the service's own model wrapper (`vision.serving.load_for_serving(...).predict`), "
+        "\nA, B, C, P, D: the service's own model wrapper "
+        "(`vision.serving.classifier.load_for_serving(...).predict`), "
         "no gRPC and no batcher. Latency of A/B/C/P is per call (a call is a whole batch for B). "
         "S, G: client-observed latency. 'Other load': CPU cores used during the phase by processes that are "
         "not this benchmark's (/proc/stat).\n"

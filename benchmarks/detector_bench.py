@@ -52,7 +52,7 @@ from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.utils import ASSETS  # noqa: E402
 
 from detector_svc.checkpoints import import_yolo_checkpoint  # noqa: E402
-from vision.store import ModelStore  # noqa: E402
+from vision.models.store import ModelStore  # noqa: E402
 from vision.v1 import detector_pb2, detector_pb2_grpc  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -43,7 +43,7 @@ from classifier_bench import (
     test_images,
 )
 
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import explainer_pb2, explainer_pb2_grpc
 
 PHASES: tuple[

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """trainer_svc training throughput against a bare PyTorch training loop, in one run on one machine.
 
-Both train the same model (``vision.architectures.build_model``, from scratch, every layer) on the same
+Both train the same model (``vision.models.architectures.build_model``, from scratch, every layer) on the same
 images (scikit-learn's digits written as an ImageFolder of PNGs, upscaled) with the same augmentation,
 batch size, optimizer (Adam + per-step cosine schedule), DataLoader worker count and device:
 
@@ -48,9 +48,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from trainer_svc.digits import write_image_folder
-from vision.architectures import build_model
-from vision.devices import resolve_device
-from vision.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from vision.image.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from vision.models.architectures import build_model
+from vision.models.devices import resolve_device
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

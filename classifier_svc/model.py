@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vision.devices import resolve_device
-from vision.engine import ServingEngine
-from vision.imaging import ImageLimits, decode_image
-from vision.registry import ModelRegistry
-from vision.serving import LoadedClassifier, load_for_serving, top_classes
-from vision.store import ModelStore
+from vision.image.decode import ImageLimits, decode_image
+from vision.models.devices import resolve_device
+from vision.models.store import ModelStore
+from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
+from vision.serving.engine import ServingEngine
+from vision.serving.registry import ModelRegistry
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import grpc
 from classifier_svc.config import ClassifierSettings
 from classifier_svc.model import ClassifierEngine
 from classifier_svc.servicer import ClassifierServicer
-from vision.catalog import add_model_catalog
-from vision.grpc_server import GrpcServer, create_server
-from vision.pretrained import ensure_default_model
-from vision.store import ModelStore
+from vision.models.pretrained import ensure_default_model
+from vision.models.store import ModelStore
+from vision.rpc.catalog import add_model_catalog
+from vision.rpc.server import GrpcServer, create_server
 from vision.v1 import classifier_pb2, classifier_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""vision.v1.Classifier over gRPC: validate, convert, call the engine. Errors map in `maps_errors`."""
+"""vision.v1.Classifier over gRPC: validate, convert, call the engine. Errors map in `vision.rpc.status`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import grpc
 
 from classifier_svc.model import ClassifierEngine
 from vision.errors import InvalidArgument
-from vision.rpc_errors import maps_errors
-from vision.timing import timing_message
+from vision.rpc.timing import timing_message
 from vision.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 DEFAULT_TOP_K = 5
@@ -20,7 +19,6 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self._engine = engine
         self._max_top_k = max_top_k
 
-    @maps_errors
     def Classify(
         self, request: classifier_pb2.ClassifyRequest, context: grpc.ServicerContext
     ) -> classifier_pb2.ClassifyResponse:

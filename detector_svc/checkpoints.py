@@ -34,8 +34,8 @@ from detector_svc.network import (
     write_config,
 )
 from vision.errors import InvalidCheckpoint
-from vision.store import WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion, validate_model_name
-from vision.weights import sha256_file
+from vision.models.store import WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion, validate_model_name
+from vision.models.weights import sha256_file
 
 _MODULE_PACKAGES = ("torch.nn.modules.", "ultralytics.nn.modules.")
 _DETECTION_MODEL = "ultralytics.nn.tasks.DetectionModel"

@@ -14,8 +14,8 @@ from detector_svc.checkpoints import import_yolo_checkpoint
 from detector_svc.model import DEFAULT_MODEL
 from detector_svc.network import DETECTION_TASK
 from vision.errors import VisionError
-from vision.pretrained import download
-from vision.store import ModelStore
+from vision.models.pretrained import download
+from vision.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 

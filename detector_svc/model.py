@@ -24,12 +24,13 @@ from PIL import Image
 
 from detector_svc.network import DETECTION_TASK, load_yolo
 from detector_svc.options import DetectOptions, resolve_classes
-from vision.devices import resolve_device
-from vision.engine import ServingEngine
 from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
-from vision.imaging import ImageLimits, decode_image, encode_png
-from vision.registry import ModelRegistry
-from vision.store import ModelStore, ModelVersion
+from vision.image.decode import ImageLimits, decode_image
+from vision.image.png import encode_png
+from vision.models.devices import resolve_device
+from vision.models.store import ModelStore, ModelVersion
+from vision.serving.engine import ServingEngine
+from vision.serving.registry import ModelRegistry
 
 if TYPE_CHECKING:
     from ultralytics.engine.results import Results

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from detector_svc.offline import make_ultralytics_offline
 from vision.errors import InvalidCheckpoint
-from vision.store import ModelVersion
-from vision.weights import sha256_file
+from vision.models.store import ModelVersion
+from vision.models.weights import sha256_file
 
 if TYPE_CHECKING:
     from ultralytics import YOLO

@@ -62,7 +62,7 @@ def _patch_imported_flags() -> None:
 def _restore_pil_open() -> None:
     """Importing ultralytics replaces ``PIL.Image.open`` process-wide with a version that, on a file Pillow
     cannot identify, pip-installs and imports ``pi-heif``, turning our "not an image" answer into an internal
-    error. The service refuses HEIC anyway (`vision.imaging`), so Pillow's own ``open`` goes back."""
+    error. The service refuses HEIC anyway (`vision.image.decode`), so Pillow's own ``open`` goes back."""
     from PIL import Image
     from ultralytics.utils import patches
 

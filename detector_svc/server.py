@@ -12,9 +12,9 @@ from detector_svc.fetch import ensure_default_detector, has_detection_model
 from detector_svc.model import DetectorEngine
 from detector_svc.offline import make_ultralytics_offline
 from detector_svc.servicer import DetectorServicer
-from vision.catalog import add_model_catalog
-from vision.grpc_server import GrpcServer, create_server
-from vision.store import ModelStore
+from vision.models.store import ModelStore
+from vision.rpc.catalog import add_model_catalog
+from vision.rpc.server import GrpcServer, create_server
 from vision.v1 import detector_pb2, detector_pb2_grpc
 
 log = logging.getLogger(__name__)

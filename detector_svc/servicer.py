@@ -1,4 +1,4 @@
-"""vision.v1.Detector over gRPC: validate, convert, call the engine. Errors map in `maps_errors`."""
+"""vision.v1.Detector over gRPC: validate, convert, call the engine. Errors map in `vision.rpc.status`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import grpc
 
 from detector_svc.model import Detection, DetectorEngine
 from detector_svc.options import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, DetectOptions
-from vision.rpc_errors import maps_errors
-from vision.timing import timing_message
+from vision.rpc.timing import timing_message
 from vision.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 
 
@@ -59,7 +58,6 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def __init__(self, engine: DetectorEngine) -> None:
         self._engine = engine
 
-    @maps_errors
     def Detect(
         self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
     ) -> detector_pb2.DetectResponse:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from explain_svc.config import ExplainSettings
 from explain_svc.server import create_explain_server
-from vision.grpc_server import serve_until_signalled
 from vision.logs import configure_logging
+from vision.rpc.server import serve_until_signalled
 
 
 def main() -> None:

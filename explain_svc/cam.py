@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vision.architectures import FINAL_CONV_LAYER
+from vision.choices import FINAL_CONV_LAYER
 from vision.errors import InvalidArgument
 
 EPS = 1e-7

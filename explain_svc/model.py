@@ -11,13 +11,14 @@ from PIL import Image
 
 from explain_svc.cam import METHODS, CamResult, check_request, explain_batch
 from explain_svc.overlay import check_style, heatmap_png, render_overlay
-from vision.devices import resolve_device
-from vision.engine import ServingEngine
 from vision.errors import InvalidArgument
-from vision.imaging import ImageLimits, decode_image, encode_png
-from vision.registry import ModelRegistry
-from vision.serving import LoadedClassifier, load_for_serving, top_classes
-from vision.store import ModelStore
+from vision.image.decode import ImageLimits, decode_image
+from vision.image.png import encode_png
+from vision.models.devices import resolve_device
+from vision.models.store import ModelStore
+from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
+from vision.serving.engine import ServingEngine
+from vision.serving.registry import ModelRegistry
 
 
 @dataclass(frozen=True)

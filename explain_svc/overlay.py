@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vision.errors import InvalidArgument
-from vision.imaging import encode_png
+from vision.image.png import encode_png
 
 COLORMAPS = ("jet", "viridis", "inferno", "turbo", "gray")
 DEFAULT_COLORMAP = "jet"

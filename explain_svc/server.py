@@ -9,9 +9,9 @@ import grpc
 from explain_svc.config import ExplainSettings
 from explain_svc.model import ExplainEngine
 from explain_svc.servicer import ExplainerServicer
-from vision.catalog import add_model_catalog
-from vision.grpc_server import GrpcServer, create_server
-from vision.store import ModelStore
+from vision.models.store import ModelStore
+from vision.rpc.catalog import add_model_catalog
+from vision.rpc.server import GrpcServer, create_server
 from vision.v1 import explainer_pb2, explainer_pb2_grpc
 
 log = logging.getLogger(__name__)

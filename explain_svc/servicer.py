@@ -1,4 +1,4 @@
-"""vision.v1.Explainer over gRPC: validate, convert, call the engine. Errors map in `maps_errors`."""
+"""vision.v1.Explainer over gRPC: validate, convert, call the engine. Errors map in `vision.rpc.status`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import grpc
 from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.overlay import DEFAULT_ALPHA
 from vision.errors import InvalidArgument
-from vision.rpc_errors import maps_errors
-from vision.timing import timing_message
+from vision.rpc.timing import timing_message
 from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 
 METHOD_NAMES = {
@@ -62,7 +61,6 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             top_k=top_k,
         )
 
-    @maps_errors
     def Explain(
         self, request: explainer_pb2.ExplainRequest, context: grpc.ServicerContext
     ) -> explainer_pb2.ExplainResponse:

@@ -25,10 +25,10 @@ from classifier_svc.config import ClassifierSettings
 from classifier_svc.server import create_classifier_server
 from gateway.config import GatewaySettings
 from gateway.main import create_app
-from vision.architectures import build_model
-from vision.grpc_server import GrpcServer
-from vision.store import ModelMetadata, ModelStore, ModelVersion
-from vision.weights import publish_state_dict
+from vision.models.architectures import build_model
+from vision.models.store import ModelMetadata, ModelStore, ModelVersion
+from vision.models.weights import publish_state_dict
+from vision.rpc.server import GrpcServer
 
 
 def ultralytics_asset(name: str) -> Path:

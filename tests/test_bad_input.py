@@ -25,8 +25,8 @@ from PIL import Image, ImageOps, features
 from gateway.config import GatewaySettings
 from tests.conftest import encode, live_gateway, publish_random_model, start_classifier, ultralytics_asset
 from vision.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from vision.imaging import ImageLimits, decode_image
-from vision.store import ModelStore
+from vision.image.decode import ImageLimits, decode_image
+from vision.models.store import ModelStore
 
 # -- bad files, each a real file of its kind ---------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from vision.batching import DynamicBatcher
 from vision.errors import Overloaded
+from vision.serving.batching import DynamicBatcher
 
 
 def test_concurrent_requests_are_grouped_into_one_call_per_model() -> None:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from explain_svc.cam import METHODS, explain_batch, layer_names
-from vision.architectures import build_model
 from vision.errors import InvalidArgument
+from vision.models.architectures import build_model
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:

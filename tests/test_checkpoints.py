@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vision.architectures import build_model
 from vision.cli import main as vision_cli
-from vision.store import ModelStore
-from vision.weights import load_classifier
+from vision.models.architectures import build_model
+from vision.models.store import ModelStore
+from vision.models.weights import load_classifier
 
 
 def _model(arch: str, n: int, seed: int = 0) -> torch.nn.Module:

@@ -21,12 +21,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 
 from tests.conftest import publish_random_model, start_classifier
-from vision.grpc_server import GrpcServer
-from vision.imaging import decode_image
-from vision.preprocess import Preprocessing
-from vision.store import ModelStore
+from vision.image.decode import decode_image
+from vision.image.preprocess import Preprocessing
+from vision.models.store import ModelStore
+from vision.models.weights import load_classifier
+from vision.rpc.server import GrpcServer
 from vision.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2, models_pb2, models_pb2_grpc
-from vision.weights import load_classifier
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -84,7 +84,7 @@ def test_a_generic_client_discovers_and_calls_the_classifier_through_reflection(
 
 
 def test_health_is_not_serving_until_ready_and_serving_after(store: ModelStore) -> None:
-    from vision.grpc_server import create_server
+    from vision.rpc.server import create_server
 
     server = create_server("127.0.0.1:0", lambda _s: ("vision.v1.Classifier",), max_message_bytes=1 << 20)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:

@@ -11,7 +11,7 @@ import pytest
 from classifier_svc.model import ClassifierEngine
 from classifier_svc.servicer import ClassifierServicer
 from tests.conftest import publish_random_model
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import classifier_pb2, common_pb2
 
 CLASSIFY = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].methods_by_name["Classify"]

@@ -21,7 +21,7 @@ from detector_svc.checkpoints import import_yolo_checkpoint
 from tests.conftest import publish_random_model, start_classifier, ultralytics_asset
 from tests.test_detector_support import make_yolo_checkpoint, start_detector
 from vision.cli import main as vision_cli
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,

@@ -24,7 +24,7 @@ from tests.test_detector_support import (
 )
 from vision.cli import main as vision_cli
 from vision.errors import InvalidCheckpoint
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 
 

@@ -26,7 +26,7 @@ from tests.test_detector_support import (
     rows,
     start_detector,
 )
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 
 # (proto fields, the same parameters for YOLO.predict): the service's defaults are conf 0.25, iou 0.45.

@@ -16,8 +16,8 @@ from detector_svc.model import DetectorEngine
 from detector_svc.offline import make_ultralytics_offline
 from detector_svc.server import create_detector_server
 from tests.conftest import ultralytics_asset
-from vision.grpc_server import GrpcServer
-from vision.store import ModelStore
+from vision.models.store import ModelStore
+from vision.rpc.server import GrpcServer
 from vision.v1 import detector_pb2
 
 make_ultralytics_offline()

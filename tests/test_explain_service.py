@@ -18,10 +18,10 @@ from explain_svc.config import ExplainSettings
 from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.server import create_explain_server
 from tests.conftest import encode, publish_random_model
-from vision.architectures import build_model
-from vision.store import ModelMetadata, ModelStore
+from vision.models.architectures import build_model
+from vision.models.store import ModelMetadata, ModelStore
+from vision.models.weights import publish_state_dict
 from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
-from vision.weights import publish_state_dict
 
 OBJECT = (400, 300, 460, 360)  # left, top, right, bottom of the bright square, in photo pixels
 

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import encode, live_gateway, publish_random_model, start_classifier
-from vision.imaging import decode_image
-from vision.preprocess import Preprocessing
-from vision.store import ModelStore
-from vision.weights import load_classifier
+from vision.image.decode import decode_image
+from vision.image.preprocess import Preprocessing
+from vision.models.store import ModelStore
+from vision.models.weights import load_classifier
 
 RESNET_CLASSES = [f"class_{i}" for i in range(10)]  # publish_random_model's default
 SMALLCNN_CLASSES = ["cat", "dog", "bird"]

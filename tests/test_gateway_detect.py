@@ -24,7 +24,7 @@ from tests.test_detector_support import (
     rows,
     start_detector,
 )
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 UNUSED_CLASSIFIER = "127.0.0.1:9"  # required by the gateway's settings; /detect never calls it
 

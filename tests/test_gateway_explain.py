@@ -16,7 +16,7 @@ from PIL import Image
 from explain_svc.config import ExplainSettings
 from explain_svc.server import create_explain_server
 from tests.conftest import live_gateway, publish_random_model, start_classifier
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 
 @pytest.fixture(scope="module")

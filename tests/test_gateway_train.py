@@ -23,7 +23,7 @@ from tests.test_bad_input import assert_error
 from tests.test_trainer_support import running_trainer, trainer_settings
 from trainer_svc.config import TrainerSettings
 from trainer_svc.digits import CLASS_NAMES, digit_images
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 MIN_VAL_ACCURACY = 0.8
 DIGITS_FORM = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import publish_random_model
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 
 def free_port() -> int:

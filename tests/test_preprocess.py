@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from vision.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from vision.image.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (300, 300), (1000, 257), (97, 203)])

@@ -21,8 +21,8 @@ import torch
 from torchvision import models
 
 from tests.conftest import start_classifier
-from vision.pretrained import PretrainedUnavailable, ensure_default_model, fetch_imagenet
-from vision.store import ModelStore
+from vision.models.pretrained import PretrainedUnavailable, ensure_default_model, fetch_imagenet
+from vision.models.store import ModelStore
 from vision.v1 import classifier_pb2, classifier_pb2_grpc
 
 

@@ -11,8 +11,8 @@ import torch
 
 from tests.conftest import publish_random_model
 from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
-from vision.store import METADATA_FILE, WEIGHTS_FILE, ModelMetadata, ModelStore
-from vision.weights import load_classifier, publish_state_dict
+from vision.models.store import METADATA_FILE, WEIGHTS_FILE, ModelMetadata, ModelStore
+from vision.models.weights import load_classifier, publish_state_dict
 
 
 def test_published_version_has_safetensors_weights_and_complete_metadata(store: ModelStore) -> None:
@@ -48,7 +48,7 @@ def test_weights_round_trip_exactly(store: ModelStore) -> None:
     version = publish_random_model(store, "tiny", arch="smallcnn", classes=["a", "b", "c"], seed=3)
     model = load_classifier(version)
     torch.manual_seed(3)
-    from vision.architectures import build_model
+    from vision.models.architectures import build_model
 
     reference = build_model("smallcnn", 3).eval()
     x = torch.rand(2, 3, 64, 64)

@@ -9,7 +9,7 @@ import pytest
 
 from trainer_svc.digits import write_image_folder
 from vision.cli import main
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 FAST = ["--arch", "smallcnn", "--epochs", "1", "--img-size", "32", "--batch-size", "16", "--workers", "0"]
 

@@ -26,7 +26,7 @@ from trainer_svc.evaluation import (
 from trainer_svc.train_config import TrainConfig, validate_class_names, validate_file_name
 from trainer_svc.training import Runtime
 from vision.errors import InvalidArgument, InvalidCheckpoint
-from vision.preprocess import Preprocessing
+from vision.image.preprocess import Preprocessing
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

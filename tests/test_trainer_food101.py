@@ -17,7 +17,7 @@ from PIL import Image
 from tests.test_trainer_support import digits_spec, running_trainer, trainer_settings, wait_for
 from trainer_svc.food101 import load_food101
 from vision.errors import InvalidArgument, NotReady
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import trainer_pb2
 
 HANDLE = "dansbecker/food-101"

@@ -25,7 +25,7 @@ from trainer_svc.digits import digit_images, write_image_folder
 from trainer_svc.publishing import EVALUATION_FILE
 from trainer_svc.uploads import UploadLimits, UploadWriter
 from vision.errors import InvalidArgument
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import trainer_pb2
 
 S = trainer_pb2

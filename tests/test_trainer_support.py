@@ -13,7 +13,7 @@ import grpc
 from trainer_svc.config import TrainerSettings
 from trainer_svc.manager import JobManager
 from trainer_svc.server import create_trainer_server
-from vision.grpc_server import GrpcServer
+from vision.rpc.server import GrpcServer
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 # Nothing listens on port 9 of the loopback: the ImageNet download fails at once, as it does offline.

@@ -25,7 +25,7 @@ from tests.conftest import (
 from tests.test_detector_support import make_yolo_checkpoint, start_detector
 from tests.test_trainer_support import running_trainer, trainer_settings
 from trainer_svc.digits import digit_images
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "web"

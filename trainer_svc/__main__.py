@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from trainer_svc.config import TrainerSettings
 from trainer_svc.server import create_trainer_server
-from vision.grpc_server import serve_until_signalled
 from vision.logs import configure_logging
+from vision.rpc.server import serve_until_signalled
 
 
 def main() -> None:

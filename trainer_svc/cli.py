@@ -142,8 +142,8 @@ def _train(config: Any, split: Any, args: argparse.Namespace) -> int:
         write_final,
     )
     from trainer_svc.training import Runtime
-    from vision.devices import resolve_device
-    from vision.store import ModelStore
+    from vision.models.devices import resolve_device
+    from vision.models.store import ModelStore
 
     store = ModelStore(args.model_dir)
     imagenet = imagenet_state(ensure_imagenet(store, config.architecture)) if config.pretrained else None

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from vision.errors import InvalidArgument, InvalidImage
-from vision.imaging import ImageLimits, decode_image
-from vision.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from vision.image.decode import ImageLimits, decode_image
+from vision.image.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 LOADER_START_METHOD = "fork" if sys.platform == "linux" else None

@@ -18,7 +18,6 @@ import uuid
 from collections import deque
 from typing import Any
 
-import grpc
 import torch
 
 from trainer_svc.config import TrainerSettings
@@ -28,9 +27,9 @@ from trainer_svc.supervisor import WorkerHandle, describe_exit, worker_args
 from trainer_svc.train_config import TrainConfig
 from trainer_svc.uploads import UploadLimits, UploadWriter
 from trainer_svc.worker import DATASET_DIR
-from vision.devices import resolve_device
-from vision.errors import VisionError
-from vision.store import ModelStore
+from vision.errors import Conflict, NotFound
+from vision.models.devices import resolve_device
+from vision.models.store import ModelStore
 from vision.v1 import trainer_pb2
 
 log = logging.getLogger(__name__)
@@ -38,14 +37,12 @@ S = trainer_pb2
 RUNNING, QUEUED = S.JOB_STATE_RUNNING, S.JOB_STATE_QUEUED
 
 
-class JobNotFound(VisionError):
-    code = grpc.StatusCode.NOT_FOUND
+class JobNotFound(NotFound):
+    """No job with that id."""
 
 
-class JobConflict(VisionError):
+class JobConflict(Conflict):
     """The job has already ended."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 def device_slots(spec: str) -> list[str]:

@@ -14,16 +14,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import torch
 
 from trainer_svc.data import DatasetSplit
 from trainer_svc.evaluation import Evaluation, confusion_matrix_png, training_curves_png
 from trainer_svc.train_config import TrainConfig
-from vision.errors import ModelNotFound, VisionError
-from vision.pretrained import IMAGENET_WEIGHTS, PretrainedUnavailable, fetch_imagenet
-from vision.store import METADATA_FILE, WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion
-from vision.weights import load_classifier, sha256_file
+from vision.errors import Conflict, ModelNotFound
+from vision.models.pretrained import IMAGENET_WEIGHTS, PretrainedUnavailable, fetch_imagenet
+from vision.models.store import METADATA_FILE, WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion
+from vision.models.weights import load_classifier, sha256_file
 
 FINAL_DIR = "final"
 EVALUATION_FILE = "evaluation.json"
@@ -32,10 +31,8 @@ CURVES_PNG = "training_curves.png"
 ARTIFACTS = (WEIGHTS_FILE, EVALUATION_FILE, CONFUSION_PNG, CURVES_PNG)
 
 
-class PretrainedWeightsMissing(VisionError):
+class PretrainedWeightsMissing(Conflict):
     """ImageNet weights were asked for but are neither in the store nor downloadable."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 def find_imagenet(store: ModelStore, architecture: str) -> ModelVersion | None:

@@ -18,7 +18,7 @@ from trainer_svc.publishing import FINAL_DIR, find_published, publish_final
 from trainer_svc.results import job_result, train_event_proto
 from trainer_svc.train_config import TrainConfig
 from vision.errors import VisionError
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 from vision.v1 import trainer_pb2
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from typing import Any
 
 from trainer_svc.evaluation import Evaluation
 from trainer_svc.publishing import Report, read_report
-from vision.store import ModelVersion
+from vision.models.store import ModelVersion
 from vision.v1 import common_pb2, trainer_pb2
 
 EVENT_KINDS = {

@@ -1,4 +1,4 @@
-"""vision.v1.Trainer over gRPC: validate, convert, hand to the JobManager. Errors map in `maps_errors`."""
+"""vision.v1.Trainer over gRPC: validate, convert, hand to the JobManager. Errors: `vision.rpc.status`."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from trainer_svc.results import report_proto
 from trainer_svc.spec import to_config
 from trainer_svc.train_config import TrainConfig
 from trainer_svc.uploads import UploadWriter
-from vision.errors import InvalidArgument, VisionError
-from vision.rpc_errors import maps_errors
+from vision.errors import Cancelled, InvalidArgument
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 DEFAULT_PAGE_SIZE = 50
 
 
-class UploadCancelled(VisionError):
-    code = grpc.StatusCode.CANCELLED
+class UploadCancelled(Cancelled):
+    """The client went away mid-upload; nothing was kept."""
 
 
 MAX_PAGE_SIZE = 500
@@ -72,7 +71,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             writer.abort()
             raise
 
-    @maps_errors
     def CreateJob(
         self, request_iterator: Iterator[trainer_pb2.CreateJobRequest], context: grpc.ServicerContext
     ) -> trainer_pb2.Job:
@@ -92,11 +90,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             writer.abort()
             raise
 
-    @maps_errors
     def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
         return self._manager.get(request.job_id).to_proto()
 
-    @maps_errors
     def ListJobs(
         self, request: trainer_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListJobsResponse:
@@ -110,7 +106,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         next_token = str(rows[-1].seq) if len(rows) == size and rows[-1].seq > 1 else ""
         return trainer_pb2.ListJobsResponse(jobs=[row.to_proto() for row in rows], next_page_token=next_token)
 
-    @maps_errors
     def CancelJob(
         self, request: trainer_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.Job:
@@ -135,7 +130,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             if not events:
                 self._manager.records.wait_for_change(WATCH_POLL_S)
 
-    @maps_errors
     def GetModelReport(
         self, request: trainer_pb2.GetModelReportRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.GetModelReportResponse:

@@ -12,9 +12,9 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vision.architectures import ARCHITECTURES
+from vision.choices import ARCHITECTURES
 from vision.errors import InvalidArgument
-from vision.store import validate_model_name
+from vision.models.store import validate_model_name
 
 OPTIMIZERS = ("adam", "sgd")
 DATASET_KINDS = ("upload", "image_folder", "food101")

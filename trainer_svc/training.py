@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from trainer_svc.data import DatasetSplit, ImageFiles, eval_transform, make_loader, train_transform
 from trainer_svc.train_config import TrainConfig
-from vision.architectures import build_model
-from vision.imaging import ImageLimits
+from vision.image.decode import ImageLimits
+from vision.models.architectures import build_model
 
 log = logging.getLogger(__name__)
 Loader = DataLoader[tuple[torch.Tensor, int]]

@@ -15,18 +15,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from trainer_svc.train_config import validate_file_name
-from vision.errors import InvalidArgument, InvalidImage, VisionError
-from vision.imaging import ImageLimits, decode_image, sniff_format
+from vision.errors import InvalidArgument, InvalidImage, LimitExceeded
+from vision.image.decode import ImageLimits, decode_image, sniff_format
 from vision.v1 import trainer_pb2
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
 
 
-class UploadTooLarge(VisionError):
-    code = grpc.StatusCode.OUT_OF_RANGE
+class UploadTooLarge(LimitExceeded):
+    """More files or bytes than the upload limits allow."""
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from trainer_svc.publishing import ensure_imagenet, imagenet_state, write_final
 from trainer_svc.train_config import TrainConfig
 from trainer_svc.training import Runtime, TrainEvent
 from vision.errors import VisionError
-from vision.imaging import ImageLimits
+from vision.image.decode import ImageLimits
 from vision.logs import configure_logging
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "worker.lock"

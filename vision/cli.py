@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from vision.errors import VisionError
-from vision.store import ModelStore
+from vision.models.store import ModelStore
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
@@ -37,7 +37,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         version = import_detection_file(_store(args), path, args.name)
     else:
-        from vision.checkpoints import import_checkpoint
+        from vision.models.checkpoint_import import import_checkpoint
 
         version = import_checkpoint(
             _store(args), path, args.name, classes_file=args.classes, architecture=args.arch
@@ -67,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from vision.pretrained import fetch_imagenet
+    from vision.models.pretrained import fetch_imagenet
 
     version = fetch_imagenet(_store(args), args.arch, name=args.name, url=args.url, timeout=args.timeout)
     print(f"fetched ImageNet {args.arch} as {version.name} version {version.version}")

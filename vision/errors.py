@@ -1,27 +1,51 @@
-"""Domain errors, raised deep in the code and turned into a gRPC status in one place (`grpc_status`).
+"""Domain errors, raised deep in the code. They carry no transport types: `vision.rpc.status` maps each kind
+to a gRPC status code (one table, applied by a server interceptor) and the gateway maps those to HTTP.
 
-Each carries the message a user reads: what was wrong and what to do about it.
+Each carries the message a user reads: what was wrong and what to do about it. A service defines its own
+errors as subclasses of these kinds (``JobNotFound(NotFound)``), so the table needs no entry per service.
 """
 
 from __future__ import annotations
 
-import grpc
-
 
 class VisionError(Exception):
-    """Base of every error a caller is meant to see."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    """Base of every error a caller is meant to see. Raised as is, it reports an internal error."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
+# -- kinds: what went wrong, as a caller should react to it --------------------------------------------------
 class InvalidArgument(VisionError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request itself is wrong; sending it again will not help."""
 
 
+class NotFound(VisionError):
+    """The thing named does not exist (a model, a version, a job)."""
+
+
+class Conflict(VisionError):
+    """The request is valid but the system is not in a state to do it (a job that already ended)."""
+
+
+class LimitExceeded(VisionError):
+    """The request is larger than a configured limit allows (an upload's files or bytes)."""
+
+
+class Overloaded(VisionError):
+    """The request queue is full; retry after a short wait."""
+
+
+class NotReady(VisionError):
+    """The service (or something it depends on) cannot answer now; retry later or elsewhere."""
+
+
+class Cancelled(VisionError):
+    """The caller went away before the work finished; nothing was kept."""
+
+
+# -- specific errors shared by several services ----------------------------------------------------------
 class InvalidImage(InvalidArgument):
     """The bytes are not a complete, decodable image."""
 
@@ -34,25 +58,13 @@ class ImageTooLarge(InvalidImage):
     """Too many bytes or too many pixels (e.g. a decompression bomb)."""
 
 
-class ModelNotFound(VisionError):
-    code = grpc.StatusCode.NOT_FOUND
+class ModelNotFound(NotFound):
+    """No such model or version in the store (or not of this service's task)."""
 
 
 class NoModelAvailable(ModelNotFound):
     """The model store is empty."""
 
 
-class Overloaded(VisionError):
-    """The request queue is full; retry after a short wait."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class NotReady(VisionError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class InvalidCheckpoint(VisionError):
+class InvalidCheckpoint(InvalidArgument):
     """A checkpoint that cannot be imported (unsafe, malformed, or not matching the architecture)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vision.imaging import ImageLimits
+from vision.image.decode import ImageLimits
 
 # The largest gRPC message a service accepts: the image limit plus room for the other fields.
 MESSAGE_OVERHEAD_BYTES = 1 * 1024 * 1024

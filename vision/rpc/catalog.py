@@ -9,9 +9,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vision.errors import VisionError
-from vision.registry import ModelRegistry
-from vision.rpc_errors import maps_errors
-from vision.store import ModelVersion
+from vision.models.store import ModelVersion
+from vision.serving.registry import ModelRegistry
 from vision.v1 import models_pb2, models_pb2_grpc
 
 
@@ -41,7 +40,6 @@ class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
     def __init__(self, registry: ModelRegistry[Any]) -> None:
         self._registry = registry
 
-    @maps_errors
     def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> models_pb2.ListModelsResponse:

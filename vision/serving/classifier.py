@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vision.preprocess import Preprocessing
-from vision.store import ModelVersion
-from vision.weights import load_classifier
+from vision.image.preprocess import Preprocessing
+from vision.models.store import ModelVersion
+from vision.models.weights import load_classifier
 
 
 @dataclass(eq=False)

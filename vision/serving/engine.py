@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from vision.batching import DynamicBatcher
-from vision.registry import ModelRegistry
+from vision.serving.batching import DynamicBatcher
+from vision.serving.registry import ModelRegistry
 
 M = TypeVar("M")
 T = TypeVar("T")

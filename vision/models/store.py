@@ -7,7 +7,7 @@ Layout::
 
 Versions are integers counting up from 1. A version is written into a hidden temporary directory beside
 its final place and renamed into place in one step, so a reader (in any process) sees either nothing or a
-complete version. This module does not import torch; `vision.weights` reads and writes tensors.
+complete version. This module does not import torch; `vision.models.weights` reads and writes tensors.
 """
 
 from __future__ import annotations

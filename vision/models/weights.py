@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vision.architectures import build_model
 from vision.errors import InvalidCheckpoint
-from vision.store import WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion
+from vision.models.architectures import build_model
+from vision.models.store import WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion
 
 
 def sha256_file(path: Path) -> str:

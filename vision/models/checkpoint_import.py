@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from vision.architectures import ARCHITECTURES, build_model, infer_architecture
+from vision.choices import ARCHITECTURES
 from vision.errors import InvalidCheckpoint
-from vision.store import ModelMetadata, ModelStore, ModelVersion, validate_model_name
-from vision.weights import publish_state_dict, sha256_file
+from vision.models.architectures import build_model, infer_architecture
+from vision.models.store import ModelMetadata, ModelStore, ModelVersion, validate_model_name
+from vision.models.weights import publish_state_dict, sha256_file
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -94,8 +95,8 @@ def import_checkpoint(
     except ValueError as exc:
         raise InvalidCheckpoint(str(exc)) from exc
     arch = architecture or guessed_arch
-    if arch not in ARCHITECTURES:
-        raise InvalidCheckpoint(f"unknown architecture {arch!r}; accepted: {', '.join(ARCHITECTURES)}")
+    if arch not in ARCHITECTURES.names:
+        raise InvalidCheckpoint(f"unknown architecture {arch!r}; accepted: {ARCHITECTURES.accepted()}")
     if num_classes != len(names):
         raise InvalidCheckpoint(
             f"the checkpoint's head has {num_classes} outputs but {len(names)} class names were given"

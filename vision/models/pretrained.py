@@ -12,13 +12,12 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-import grpc
 import torch
 from torchvision import models
 
-from vision.errors import InvalidCheckpoint, VisionError
-from vision.store import ModelMetadata, ModelStore, ModelVersion
-from vision.weights import publish_state_dict
+from vision.errors import InvalidCheckpoint, NotReady
+from vision.models.store import ModelMetadata, ModelStore, ModelVersion
+from vision.models.weights import publish_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +28,8 @@ IMAGENET_WEIGHTS = {
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
-class PretrainedUnavailable(VisionError):
+class PretrainedUnavailable(NotReady):
     """The weights could not be fetched (offline, mirror down, bad file)."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 def download(url: str, dest: Path, timeout: float) -> None:

@@ -12,10 +12,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-ARCHITECTURES = ("resnet18", "resnet50", "smallcnn")
-
-# The last conv block of each architecture: its output is global-average-pooled straight into ``fc``.
-FINAL_CONV_LAYER = {"resnet18": "layer4", "resnet50": "layer4", "smallcnn": "features"}
+from vision.choices import ARCHITECTURES
 
 
 class SmallCNN(nn.Module):
@@ -54,7 +51,7 @@ def build_model(architecture: str, num_classes: int, *, head: str = "linear") ->
     elif architecture == "smallcnn":
         model = SmallCNN(num_classes)
     else:
-        raise ValueError(f"unknown architecture {architecture!r}; accepted: {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {architecture!r}; accepted: {ARCHITECTURES.accepted()}")
     if head == "dropout_linear":
         linear = model.fc
         assert isinstance(linear, nn.Linear)

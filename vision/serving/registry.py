@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from vision.errors import ModelNotFound, NoModelAvailable
-from vision.store import ModelStore, ModelVersion
+from vision.models.store import ModelStore, ModelVersion
 
 log = logging.getLogger(__name__)
 
