@@ -5,24 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from vision.settings import ServiceSettings
+from vision.settings import ModelServiceSettings
 
 
-class ClassifierSettings(ServiceSettings):
+class ClassifierSettings(ModelServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_CLASSIFIER_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port).")
-    default_model: str = Field(
-        "", description="Model used when a request names none; empty: 'resnet18' if stored, else the newest."
-    )
-    max_batch_size: int = Field(16, ge=1, le=512, description="Most requests in one forward pass.")
-    max_batch_delay_ms: float = Field(4.0, ge=0, le=1000, description="Longest wait to fill a batch.")
-    max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get RESOURCE_EXHAUSTED.")
-    max_top_k: int = Field(100, ge=1, description="Largest top_k a request may ask for.")
-    poll_interval_s: float = Field(
-        2.0, gt=0, description="How often the model store is checked for new versions."
-    )
     half: bool = Field(True, description="float16 + channels_last on CUDA (ignored on CPU).")
+    max_top_k: int = Field(100, ge=1, description="Largest top_k a request may ask for.")
     fetch_pretrained: bool = Field(
         True, description="When the store is empty, try to fetch ImageNet ResNet18 (in the background)."
     )

@@ -4,17 +4,16 @@ forward passes. No gRPC here."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from vision.image.decode import ImageLimits, decode_image
-from vision.models.devices import resolve_device
-from vision.models.store import ModelStore
+from classifier_svc.config import ClassifierSettings
+from vision.image.decode import decode_image
+from vision.models.store import ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
 from vision.serving.engine import ServingEngine
-from vision.serving.registry import ModelRegistry
 
 
 @dataclass(frozen=True)
@@ -33,39 +32,15 @@ class Classification:
 class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tensor]):
     """Decodes images in the caller's thread and batches the forward passes of concurrent callers."""
 
-    def __init__(
-        self,
-        store: ModelStore,
-        *,
-        device: str = "auto",
-        half: bool = True,
-        default_model: str = "",
-        max_batch_size: int = 16,
-        max_batch_delay_ms: float = 4.0,
-        max_queue: int = 256,
-        poll_interval_s: float = 2.0,
-        image_limits: ImageLimits | None = None,
-    ) -> None:
-        self.device = resolve_device(device)
-        self.image_limits = image_limits or ImageLimits()
-        registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
-            store,
-            lambda v: load_for_serving(v, self.device, half),
-            default_model=default_model,
-            poll_interval_s=poll_interval_s,
-        )
-        super().__init__(
-            registry,
-            self._run_batch,
-            max_batch_size=max_batch_size,
-            max_batch_delay_ms=max_batch_delay_ms,
-            max_queue=max_queue,
-            name="classifier-batcher",
-        )
+    name = "classifier"
+    settings: ClassifierSettings
 
-    @staticmethod
-    def _run_batch(model: LoadedClassifier, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return list(model.predict(torch.stack(list(items))))
+    def load(self, version: ModelVersion) -> LoadedClassifier:
+        return load_for_serving(version, self.device, self.settings.half)
+
+    def run_batch(self, key: Hashable, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        assert isinstance(key, LoadedClassifier)
+        return list(key.predict(torch.stack(list(items))))
 
     def classify(
         self,

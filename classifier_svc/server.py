@@ -1,70 +1,44 @@
-"""Assemble classifier_svc: engine, servicers, health, reflection."""
+"""Assemble classifier_svc: its engine and servicer on the shared model-service bootstrap, plus the
+first-run ImageNet download."""
 
 from __future__ import annotations
 
-import logging
 import threading
-
-import grpc
 
 from classifier_svc.config import ClassifierSettings
 from classifier_svc.model import ClassifierEngine
 from classifier_svc.servicer import ClassifierServicer
 from vision.models.pretrained import ensure_default_model
 from vision.models.store import ModelStore
-from vision.rpc.catalog import add_model_catalog
-from vision.rpc.server import GrpcServer, create_server
+from vision.rpc.server import GrpcServer
+from vision.rpc.service import ServiceSpec, start_model_service
 from vision.v1 import classifier_pb2, classifier_pb2_grpc
 
-log = logging.getLogger(__name__)
-
-CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
-
-
-def build_engine(settings: ClassifierSettings) -> ClassifierEngine:
-    return ClassifierEngine(
-        ModelStore(settings.model_dir),
-        device=settings.device,
-        half=settings.half,
-        default_model=settings.default_model,
-        max_batch_size=settings.max_batch_size,
-        max_batch_delay_ms=settings.max_batch_delay_ms,
-        max_queue=settings.max_queue,
-        poll_interval_s=settings.poll_interval_s,
-        image_limits=settings.image_limits,
-    )
+SPEC = ServiceSpec(
+    name="classifier",
+    grpc_service=classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name,
+    add_servicer=classifier_pb2_grpc.add_ClassifierServicer_to_server,
+)
 
 
 def create_classifier_server(settings: ClassifierSettings) -> tuple[GrpcServer, ClassifierEngine]:
-    """Start listening at once (health NOT_SERVING), load and warm up the models, then report SERVING.
+    """Listen, load the stored models, report SERVING (see `start_model_service`).
 
     With an empty store the ImageNet download runs in the background so it never delays startup; the
     registry's poller picks the model up when it lands.
     """
-    engine = build_engine(settings)
+    engine = ClassifierEngine(ModelStore(settings.model_dir), settings)
 
-    def register(server: grpc.Server) -> tuple[str, ...]:
-        classifier_pb2_grpc.add_ClassifierServicer_to_server(
-            ClassifierServicer(engine, settings.max_top_k), server
-        )
-        return (CLASSIFIER_SERVICE, add_model_catalog(server, engine.registry))
+    def fetch_if_empty() -> None:
+        if settings.fetch_pretrained and not engine.registry.store.names():
+            threading.Thread(
+                target=ensure_default_model,
+                args=(engine.registry.store,),
+                kwargs={"url": settings.pretrained_url or None, "timeout": settings.pretrained_timeout_s},
+                name="fetch-pretrained",
+                daemon=True,
+            ).start()
 
-    grpc_server = create_server(
-        settings.address,
-        register,
-        max_message_bytes=settings.max_message_bytes,
-        max_workers=settings.max_workers,
-    )
-    log.info("classifier_svc listening on %s:%d (device %s)", settings.host, grpc_server.port, engine.device)
-    if settings.fetch_pretrained and not engine.registry.store.names():
-        threading.Thread(
-            target=ensure_default_model,
-            args=(engine.registry.store,),
-            kwargs={"url": settings.pretrained_url or None, "timeout": settings.pretrained_timeout_s},
-            name="fetch-pretrained",
-            daemon=True,
-        ).start()
-    engine.start()
-    grpc_server.set_serving()
-    log.info("classifier_svc SERVING with models %s", sorted(engine.registry.loaded()) or "none yet")
-    return grpc_server, engine
+    servicer = ClassifierServicer(engine, settings.max_top_k)
+    server = start_model_service(SPEC, settings, engine, servicer, before_load=fetch_if_empty)
+    return server, engine

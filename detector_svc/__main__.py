@@ -3,19 +3,8 @@
 from __future__ import annotations
 
 from detector_svc.config import DetectorSettings
-from detector_svc.server import create_detector_server
-from vision.logs import configure_logging
-from vision.rpc.server import serve_until_signalled
-
-
-def main() -> None:
-    settings = DetectorSettings()
-    configure_logging(settings.log_level, settings.log_json, service="detector")
-    server, engine = create_detector_server(settings)
-    serve_until_signalled(
-        server, settings.grace_seconds, on_stop=engine.close, shutdown_delay=settings.shutdown_delay_seconds
-    )
-
+from detector_svc.server import SPEC, create_detector_server
+from vision.rpc.service import run_model_service
 
 if __name__ == "__main__":
-    main()
+    run_model_service(SPEC, DetectorSettings(), create_detector_server)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from vision.settings import ServiceSettings
+from vision.settings import ModelServiceSettings
 
 YOLO11N_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0/yolo11n.pt"
 
 
-class DetectorSettings(ServiceSettings):
+class DetectorSettings(ModelServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_DETECTOR_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port (0: any free port).")
@@ -18,14 +18,10 @@ class DetectorSettings(ServiceSettings):
         "", description="Model used when a request names none; empty: 'yolo11n' if stored, else the newest."
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="Most requests in one predict call.")
-    max_batch_delay_ms: float = Field(4.0, ge=0, le=1000, description="Longest wait to fill a batch.")
     max_queue: int = Field(64, ge=1, description="Requests waiting beyond this get RESOURCE_EXHAUSTED.")
     max_det: int = Field(1000, ge=1, le=100_000, description="Largest max_det a request may ask for.")
     max_imgsz: int = Field(2048, ge=32, le=8192, description="Largest imgsz a request may ask for.")
     half: bool = Field(True, description="float16 inference on CUDA (ignored on CPU and for ONNX models).")
-    poll_interval_s: float = Field(
-        2.0, gt=0, description="How often the model store is checked for new versions."
-    )
     fetch_default: bool = Field(
         True, description="With no detection model in the store, fetch yolo11n.pt (in the background)."
     )

@@ -13,7 +13,7 @@ a single-image ``YOLO.predict`` of the same image with the same parameters.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,15 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detector_svc.config import DetectorSettings
 from detector_svc.network import DETECTION_TASK, load_yolo
 from detector_svc.options import DetectOptions, resolve_classes
 from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
-from vision.image.decode import ImageLimits, decode_image
+from vision.image.decode import decode_image
 from vision.image.png import encode_png
-from vision.models.devices import resolve_device
-from vision.models.store import ModelStore, ModelVersion
+from vision.models.store import ModelVersion
 from vision.serving.engine import ServingEngine
-from vision.serving.registry import ModelRegistry
 
 if TYPE_CHECKING:
     from ultralytics.engine.results import Results
@@ -149,46 +148,18 @@ def boxes_of(result: Results, names: list[str]) -> list[Box]:
 class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
     """Decodes images in the caller's thread and batches the ``predict`` calls of concurrent callers."""
 
-    def __init__(
-        self,
-        store: ModelStore,
-        *,
-        device: str = "auto",
-        half: bool = True,
-        default_model: str = "",
-        max_batch_size: int = 8,
-        max_batch_delay_ms: float = 4.0,
-        max_queue: int = 64,
-        poll_interval_s: float = 2.0,
-        image_limits: ImageLimits | None = None,
-        max_det_limit: int = 1000,
-        max_imgsz: int = 2048,
-    ) -> None:
-        self.device = resolve_device(device)
-        self.image_limits = image_limits or ImageLimits()
-        self.max_det_limit = max_det_limit
-        self.max_imgsz = max_imgsz
-        registry: ModelRegistry[ServedDetector] = ModelRegistry(
-            store,
-            lambda v: load_for_serving(v, self.device, half),
-            default_model=default_model,
-            poll_interval_s=poll_interval_s,
-            task=DETECTION_TASK,
-            preferred_default=DEFAULT_MODEL,
-            empty_message=NO_DETECTION_MODEL,
-        )
-        super().__init__(
-            registry,
-            self._run_batch,
-            max_batch_size=max_batch_size,
-            max_batch_delay_ms=max_batch_delay_ms,
-            max_queue=max_queue,
-            name="detector-batcher",
-        )
+    name = "detector"
+    task = DETECTION_TASK
+    preferred_default = DEFAULT_MODEL
+    empty_message = NO_DETECTION_MODEL
+    settings: DetectorSettings
 
-    @staticmethod
-    def _run_batch(key: PredictKey, images: Sequence[np.ndarray]) -> list[Results]:
-        return key.model.predict(images, key)
+    def load(self, version: ModelVersion) -> ServedDetector:
+        return load_for_serving(version, self.device, self.settings.half)
+
+    def run_batch(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Results]:
+        assert isinstance(key, PredictKey)
+        return key.model.predict(items, key)
 
     def _model(self, model_name: str, version: str) -> tuple[str, str, ServedDetector]:
         try:
@@ -221,7 +192,7 @@ class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
         """Boxes in original-image pixels, equal to ``YOLO.predict(image, conf=, iou=, max_det=, classes=,
         imgsz=)`` on the same weights; the annotated image (Ultralytics' ``plot()``) as PNG if asked for."""
         start = time.perf_counter()
-        options.check(self.max_det_limit, self.max_imgsz)
+        options.check(self.settings.max_det, self.settings.max_imgsz)
         name, resolved_version, model = self._model(model_name, version)
         classes = resolve_classes(options.class_ids, options.class_names, model.class_names)
         imgsz = self._imgsz(model, options.imgsz)

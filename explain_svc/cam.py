@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vision.choices import FINAL_CONV_LAYER
+from vision.choices import CAM_METHODS, FINAL_CONV_LAYER
 from vision.errors import InvalidArgument
 
 EPS = 1e-7
@@ -72,6 +72,7 @@ class GradCamPlusPlus(CamMethod):
 
 
 METHODS: dict[str, CamMethod] = {m.name: m for m in (Cam(), GradCam(), GradCamPlusPlus())}
+assert tuple(METHODS) == CAM_METHODS.names, "every choice in vision.choices.CAM_METHODS has one CamMethod"
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,7 @@ def resolve_layer(model: nn.Module, architecture: str, layer: str) -> tuple[str,
 
 def check_request(model: nn.Module, architecture: str, method: str, layer: str) -> tuple[CamMethod, str]:
     """The method and layer name a request asks for, or InvalidArgument naming the accepted values."""
-    if method not in METHODS:
-        raise InvalidArgument(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    CAM_METHODS.check(method)
     name, _ = resolve_layer(model, architecture, layer)
     final = FINAL_CONV_LAYER[architecture]
     if METHODS[method].final_layer_only and name != final:
@@ -139,8 +139,7 @@ def explain_batch(
     Results are on the CPU. ``force_backward`` computes the final-layer case with a real backward pass too
     (for tests: it must give the same maps as the closed form).
     """
-    _, name = check_request(model, architecture, method.name, layer)
-    module = model.get_submodule(name)
+    name, module = resolve_layer(model, architecture, layer)  # the request was checked before it queued
     analytic = name == FINAL_CONV_LAYER[architecture] and not force_backward
     captured: list[torch.Tensor] = []
 

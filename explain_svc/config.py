@@ -5,23 +5,16 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from vision.settings import ServiceSettings
+from vision.settings import ModelServiceSettings
 
 
-class ExplainSettings(ServiceSettings):
+class ExplainSettings(ModelServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_EXPLAIN_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: any free port).")
-    default_model: str = Field(
-        "", description="Model used when a request names none; empty: 'resnet18' if stored, else the newest."
-    )
     max_batch_size: int = Field(8, ge=1, le=256, description="Most requests in one forward(/backward) pass.")
-    max_batch_delay_ms: float = Field(4.0, ge=0, le=1000, description="Longest wait to fill a batch.")
     max_queue: int = Field(128, ge=1, description="Requests waiting beyond this get RESOURCE_EXHAUSTED.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a request may ask for.")
-    poll_interval_s: float = Field(
-        2.0, gt=0, description="How often the model store is checked for new versions."
-    )
     max_overlay_side: int = Field(
         2048, ge=64, description="Overlays of larger photos are scaled down to this."
     )

@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from explain_svc.cam import METHODS, CamResult, check_request, explain_batch
-from explain_svc.overlay import check_style, heatmap_png, render_overlay
+from explain_svc.config import ExplainSettings
+from explain_svc.overlay import DEFAULT_ALPHA, check_style, heatmap_png, render_overlay
+from vision.choices import CAM_METHODS, COLORMAPS
 from vision.errors import InvalidArgument
-from vision.image.decode import ImageLimits, decode_image
+from vision.image.decode import decode_image
 from vision.image.png import encode_png
-from vision.models.devices import resolve_device
-from vision.models.store import ModelStore
+from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
 from vision.serving.engine import ServingEngine
-from vision.serving.registry import ModelRegistry
 
 
 @dataclass(frozen=True)
 class ExplainOptions:
     """What to explain and how to draw it. ``target`` is a class id, a label, or None (the prediction)."""
 
-    method: str = "gradcam"
+    method: str = CAM_METHODS.default
     layer: str = ""
     target: int | str | None = None
-    colormap: str = "jet"
-    alpha: float = 0.5
+    colormap: str = COLORMAPS.default
+    alpha: float = DEFAULT_ALPHA
     top_k: int = 5
 
 
@@ -67,41 +67,21 @@ def resolve_target(target: int | str | None, class_names: list[str]) -> int | No
 
 
 class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | None], CamResult]):
-    def __init__(
-        self,
-        store: ModelStore,
-        *,
-        device: str = "auto",
-        default_model: str = "",
-        max_batch_size: int = 8,
-        max_batch_delay_ms: float = 4.0,
-        max_queue: int = 128,
-        poll_interval_s: float = 2.0,
-        image_limits: ImageLimits | None = None,
-        max_overlay_side: int = 2048,
-    ) -> None:
-        self.device = resolve_device(device)
-        self.image_limits = image_limits or ImageLimits()
-        self.max_overlay_side = max_overlay_side
-        # float32 even on CUDA: gradients of half-precision activations lose the small weights.
-        registry: ModelRegistry[LoadedClassifier] = ModelRegistry(
-            store,
-            lambda v: load_for_serving(v, self.device, half=False),
-            default_model=default_model,
-            poll_interval_s=poll_interval_s,
-        )
-        super().__init__(
-            registry,
-            self._run_batch,
-            max_batch_size=max_batch_size,
-            max_batch_delay_ms=max_batch_delay_ms,
-            max_queue=max_queue,
-            name="explain-batcher",
-        )
+    """Decodes and checks requests in the caller's thread, batches the CAM computations, renders here."""
 
-    def _run_batch(
-        self, key: tuple[LoadedClassifier, str, str], items: Sequence[tuple[torch.Tensor, int | None]]
-    ) -> list[CamResult]:
+    name = "explain"
+    settings: ExplainSettings
+
+    def __init__(self, store: ModelStore, settings: ExplainSettings) -> None:
+        super().__init__(store, settings)
+        self.max_overlay_side = settings.max_overlay_side
+
+    def load(self, version: ModelVersion) -> LoadedClassifier:
+        # float32 even on CUDA: gradients of half-precision activations lose the small weights.
+        return load_for_serving(version, self.device, half=False)
+
+    def run_batch(self, key: Hashable, items: Sequence[tuple[torch.Tensor, int | None]]) -> list[CamResult]:
+        assert isinstance(key, tuple)
         model, method, layer = key
         batch = torch.stack([tensor for tensor, _ in items]).to(model.device)
         return explain_batch(

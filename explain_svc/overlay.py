@@ -8,24 +8,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vision.choices import COLORMAPS
 from vision.errors import InvalidArgument
 from vision.image.png import encode_png
 
-COLORMAPS = ("jet", "viridis", "inferno", "turbo", "gray")
-DEFAULT_COLORMAP = "jet"
 DEFAULT_ALPHA = 0.5
 
 
 def heatmap_png(heatmap: torch.Tensor) -> bytes:
     """8-bit grayscale PNG of a [0, 1] heatmap (H, W): pixel value = round(255 * h)."""
-    values = torch.round(heatmap.clamp(0, 1) * 255).to(torch.uint8).numpy()
-    return encode_png(Image.fromarray(values, mode="L"))
+    return encode_png(torch.round(heatmap.clamp(0, 1) * 255).to(torch.uint8).numpy())
 
 
 def check_style(colormap: str, alpha: float) -> None:
     """InvalidArgument naming the accepted values for an unknown colormap or an alpha outside [0, 1]."""
-    if colormap not in COLORMAPS:
-        raise InvalidArgument(f"unknown colormap {colormap!r}; accepted: {', '.join(COLORMAPS)}")
+    COLORMAPS.check(colormap)
     if not 0.0 <= alpha <= 1.0:
         raise InvalidArgument(f"alpha must be between 0 and 1, got {alpha}")
 
@@ -44,7 +41,7 @@ def render_overlay(
     heatmap: torch.Tensor,
     crop_box: tuple[float, float, float, float],
     *,
-    colormap: str = DEFAULT_COLORMAP,
+    colormap: str = COLORMAPS.default,
     alpha: float = DEFAULT_ALPHA,
     max_side: int = 2048,
 ) -> Image.Image:
@@ -52,8 +49,8 @@ def render_overlay(
     image's pixels): the region the model saw. Pixels outside it are left as they were.
 
     Images longer than ``max_side`` are scaled down first (the box with them), keeping the geometry.
+    ``colormap`` and ``alpha`` are checked by the caller (`check_style`), before any work is queued.
     """
-    check_style(colormap, alpha)
     lut = _lut(colormap)
     scale = min(1.0, max_side / max(image.size))
     if scale < 1.0:

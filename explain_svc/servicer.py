@@ -8,29 +8,10 @@ import grpc
 
 from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.overlay import DEFAULT_ALPHA
+from vision.choices import CAM_METHODS, COLORMAPS
 from vision.errors import InvalidArgument
 from vision.rpc.timing import timing_message
 from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
-
-METHOD_NAMES = {
-    explainer_pb2.CAM_METHOD_UNSPECIFIED: "gradcam",
-    explainer_pb2.CAM_METHOD_CAM: "cam",
-    explainer_pb2.CAM_METHOD_GRAD_CAM: "gradcam",
-    explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS: "gradcampp",
-}
-METHOD_ENUMS = {
-    "cam": explainer_pb2.CAM_METHOD_CAM,
-    "gradcam": explainer_pb2.CAM_METHOD_GRAD_CAM,
-    "gradcampp": explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS,
-}
-COLORMAP_NAMES = {
-    explainer_pb2.COLORMAP_UNSPECIFIED: "jet",
-    explainer_pb2.COLORMAP_JET: "jet",
-    explainer_pb2.COLORMAP_VIRIDIS: "viridis",
-    explainer_pb2.COLORMAP_INFERNO: "inferno",
-    explainer_pb2.COLORMAP_TURBO: "turbo",
-    explainer_pb2.COLORMAP_GRAY: "gray",
-}
 
 
 def _scored(class_id: int, label: str, score: float) -> common_pb2.ScoredClass:
@@ -44,19 +25,13 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
 
     @staticmethod
     def _options(request: explainer_pb2.ExplainRequest, top_k: int) -> ExplainOptions:
-        if request.method not in METHOD_NAMES:
-            raise InvalidArgument(f"unknown method {request.method}; accepted: cam, gradcam, gradcampp")
-        if request.colormap not in COLORMAP_NAMES:
-            raise InvalidArgument(
-                f"unknown colormap {request.colormap}; accepted: {', '.join(COLORMAP_NAMES.values())}"
-            )
         which = request.WhichOneof("target")
         target: int | str | None = None if which is None else getattr(request, which)
         return ExplainOptions(
-            method=METHOD_NAMES[request.method],
+            method=CAM_METHODS.from_enum(request.method),
             layer=request.layer,
             target=target,
-            colormap=COLORMAP_NAMES[request.colormap],
+            colormap=COLORMAPS.from_enum(request.colormap),
             alpha=request.alpha if request.HasField("alpha") else DEFAULT_ALPHA,
             top_k=top_k,
         )
@@ -79,7 +54,7 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             prediction=_scored(*result.top[0]),
             top_k=[_scored(*c) for c in result.top],
             target=_scored(*result.target),
-            method=METHOD_ENUMS[result.method],
+            method=explainer_pb2.CamMethod.Name(CAM_METHODS.to_enum(result.method)),
             layer=result.layer,
             heatmap_png=result.heatmap_png,
             overlay_png=result.overlay_png,

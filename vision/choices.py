@@ -35,15 +35,18 @@ class Choices:
     def accepted(self) -> str:
         return ", ".join(self.names)
 
-    def check(self, name: str) -> str:
-        """``name`` if it is one of the choices, else `InvalidArgument` listing the accepted ones."""
+    def check(self, name: str, field: str = "") -> str:
+        """``name`` if it is one of the choices, else `InvalidArgument` listing the accepted ones.
+
+        ``field`` names the option as the caller knows it (a form field "arch"); default: ``self.field``.
+        """
         if name not in self.enums:
-            raise InvalidArgument(f"{self.field} must be one of {self.accepted()}, got {name!r}")
+            raise InvalidArgument(f"unknown {field or self.field} {name!r}; accepted: {self.accepted()}")
         return name
 
-    def to_enum(self, name: str) -> int:
+    def to_enum(self, name: str, field: str = "") -> int:
         """The proto enum value of ``name`` (`InvalidArgument` for an unknown name)."""
-        return self.enums[self.check(name)]
+        return self.enums[self.check(name, field)]
 
     def from_enum(self, value: int) -> str:
         """The name of a proto enum value; 0 (unspecified) is the default."""

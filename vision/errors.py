@@ -68,3 +68,7 @@ class NoModelAvailable(ModelNotFound):
 
 class InvalidCheckpoint(InvalidArgument):
     """A checkpoint that cannot be imported (unsafe, malformed, or not matching the architecture)."""
+
+
+class ModelLoadFailed(NotReady):
+    """A stored version could not be loaded (damaged weights, missing runtime); other models still serve."""

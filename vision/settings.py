@@ -23,6 +23,36 @@ def shared(env_name: str, default: Any, description: str) -> Any:
     return Field(default, validation_alias=AliasChoices(env_name), description=description)
 
 
+# The limits of one uploaded training dataset. The gateway enforces them while POST /train streams in and
+# trainer_svc when it stores the upload: both read these same variables, so the two cannot disagree.
+MAX_UPLOAD_FILES_ENV = "VISION_MAX_UPLOAD_FILES"
+MAX_UPLOAD_BYTES_ENV = "VISION_MAX_UPLOAD_BYTES"
+DEFAULT_MAX_UPLOAD_FILES = 10_000
+DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
+
+
+def max_upload_files(*older_env_names: str) -> Any:
+    """The field for the most images in one uploaded training dataset, read from ``VISION_MAX_UPLOAD_FILES``
+    (or, still, from a service's older variable names given here)."""
+    return Field(
+        DEFAULT_MAX_UPLOAD_FILES,
+        ge=1,
+        validation_alias=AliasChoices(MAX_UPLOAD_FILES_ENV, *older_env_names),
+        description="Most images in one uploaded training dataset.",
+    )
+
+
+def max_upload_bytes(*older_env_names: str) -> Any:
+    """The field for the most bytes of images in one uploaded training dataset, read from
+    ``VISION_MAX_UPLOAD_BYTES`` (or, still, from a service's older variable names given here)."""
+    return Field(
+        DEFAULT_MAX_UPLOAD_BYTES,
+        ge=1,
+        validation_alias=AliasChoices(MAX_UPLOAD_BYTES_ENV, *older_env_names),
+        description="Most bytes of images in one uploaded training dataset.",
+    )
+
+
 class ServiceSettings(BaseSettings):
     """Settings every gRPC model service has. Subclasses set ``env_prefix`` and the default port."""
 
@@ -56,3 +86,18 @@ class ServiceSettings(BaseSettings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_image_bytes + MESSAGE_OVERHEAD_BYTES
+
+
+class ModelServiceSettings(ServiceSettings):
+    """Settings of a service that serves stored models through a `ServingEngine` (classifier, explain,
+    detector). Subclasses set ``env_prefix`` and may change the defaults (e.g. a smaller batch)."""
+
+    default_model: str = Field(
+        "", description="Model used when a request names none; empty: the service's preferred, else newest."
+    )
+    max_batch_size: int = Field(16, ge=1, le=512, description="Most requests in one forward pass.")
+    max_batch_delay_ms: float = Field(4.0, ge=0, le=1000, description="Longest wait to fill a batch.")
+    max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get RESOURCE_EXHAUSTED.")
+    poll_interval_s: float = Field(
+        2.0, gt=0, description="How often the model store is checked for new versions."
+    )

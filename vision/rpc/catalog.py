@@ -14,7 +14,8 @@ from vision.serving.registry import ModelRegistry
 from vision.v1 import models_pb2, models_pb2_grpc
 
 
-def version_info(version: ModelVersion, loaded: bool) -> models_pb2.ModelVersionInfo:
+def version_info(version: ModelVersion, loaded: bool, load_error: str = "") -> models_pb2.ModelVersionInfo:
+    """The catalog entry of ``version``; ``loaded`` and ``load_error`` as the answering service sees them."""
     meta = version.metadata
     created = Timestamp()
     if meta.created_at:
@@ -31,11 +32,12 @@ def version_info(version: ModelVersion, loaded: bool) -> models_pb2.ModelVersion
         metrics=meta.metrics,
         source=str(meta.provenance.get("source", "")),
         loaded=loaded,
+        load_error=load_error,
     )
 
 
 class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
-    """Lists the store's versions, marking those loaded in this service's registry."""
+    """Lists the store's versions, marking those loaded in this service's registry and why any failed."""
 
     def __init__(self, registry: ModelRegistry[Any]) -> None:
         self._registry = registry
@@ -44,6 +46,7 @@ class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
         self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> models_pb2.ListModelsResponse:
         loaded = self._registry.loaded()
+        failed = self._registry.load_errors()
         store = self._registry.store
         versions = [v for v in store.list() if not request.task or v.metadata.task == request.task]
         try:
@@ -51,7 +54,8 @@ class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
         except VisionError:
             default = ""
         return models_pb2.ListModelsResponse(
-            models=[version_info(v, v.key in loaded) for v in versions], default_model=default
+            models=[version_info(v, v.key in loaded, failed.get(v.key, "")) for v in versions],
+            default_model=default,
         )
 
 

@@ -1,12 +1,19 @@
-"""What every model service's engine is made of: hot-reloaded models and one dynamic batcher."""
+"""What every model service's engine is made of: hot-reloaded models and one dynamic batcher.
+
+An engine takes the service's settings object (a `ModelServiceSettings`) and the model store; a subclass says
+how to load a stored version (`load`) and how to run a batch (`run_batch`), and adds its request method.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Hashable, Sequence
+from typing import Generic, TypeVar
 
+from vision.models.devices import resolve_device
+from vision.models.store import ModelStore, ModelVersion
 from vision.serving.batching import DynamicBatcher
-from vision.serving.registry import ModelRegistry
+from vision.serving.registry import EMPTY_STORE_MESSAGE, PREFERRED_DEFAULT, ModelRegistry
+from vision.settings import ModelServiceSettings
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -15,29 +22,44 @@ R = TypeVar("R")
 
 class ServingEngine(Generic[M, T, R]):
     """Owns ``registry`` (models of one task, kept loaded and swapped on publish) and ``batcher`` (whose one
-    worker thread runs ``run_batch(key, items)``, the only code that touches a model)."""
+    worker thread runs `run_batch`, the only code that touches a model)."""
 
-    def __init__(
-        self,
-        registry: ModelRegistry[M],
-        run_batch: Callable[[Any, Sequence[T]], Sequence[R]],
-        *,
-        max_batch_size: int,
-        max_batch_delay_ms: float,
-        max_queue: int,
-        name: str,
-    ) -> None:
-        self.registry = registry
+    name = "engine"
+    task = "classification"
+    preferred_default = PREFERRED_DEFAULT
+    empty_message = EMPTY_STORE_MESSAGE
+
+    def __init__(self, store: ModelStore, settings: ModelServiceSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.image_limits = settings.image_limits
+        self.registry: ModelRegistry[M] = ModelRegistry(
+            store,
+            self.load,
+            default_model=settings.default_model,
+            poll_interval_s=settings.poll_interval_s,
+            task=self.task,
+            preferred_default=self.preferred_default,
+            empty_message=self.empty_message,
+        )
         self.batcher: DynamicBatcher[T, R] = DynamicBatcher(
-            run_batch,
-            max_batch_size=max_batch_size,
-            max_delay_s=max_batch_delay_ms / 1000,
-            max_queue=max_queue,
-            name=name,
+            self.run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000,
+            max_queue=settings.max_queue,
+            name=f"{self.name}-batcher",
         )
 
+    def load(self, version: ModelVersion) -> M:
+        """Load and warm up ``version`` on ``self.device`` (called by the registry, never concurrently)."""
+        raise NotImplementedError
+
+    def run_batch(self, key: Hashable, items: Sequence[T]) -> Sequence[R]:
+        """One result per item, in order, for items that share ``key`` (on the batcher's thread)."""
+        raise NotImplementedError
+
     def start(self) -> None:
-        """Load and warm up what the store holds, then watch it."""
+        """Load and warm up what the store holds (a version that fails is recorded, not fatal), then watch."""
         self.registry.start()
 
     def close(self) -> None:

@@ -4,17 +4,22 @@ The newest version of every model in the store is kept loaded and warmed up. A b
 store (cheap directory listings) and loads new versions *beside* the old ones; the swap is one reference
 assignment, so a request that already holds the old model finishes on it and no request ever fails because
 of a swap. Older versions asked for explicitly are loaded on demand and kept in a small LRU cache.
+
+A version that fails to load is recorded with the reason (`load_errors`, shown per model by ModelCatalog) and
+not retried until a newer version is published; the other models keep serving, and an older version of the
+same model keeps serving if one was loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from vision.errors import ModelNotFound, NoModelAvailable
+from vision.errors import ModelLoadFailed, ModelNotFound, NoModelAvailable
 from vision.models.store import ModelStore, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class ModelRegistry(Generic[M]):
         self._empty_message = empty_message
         self._latest: dict[str, tuple[str, M]] = {}  # name -> (version, model); replaced, never mutated
         self._pinned: OrderedDict[tuple[str, str], M] = OrderedDict()
+        self._failed: dict[tuple[str, str], str] = {}  # (name, version) -> why it could not be loaded
         self._lock = threading.Lock()  # guards the references above
         self._load_lock = threading.Lock()  # one load at a time: no model is loaded twice
         self._stop = threading.Event()
@@ -80,10 +86,12 @@ class ModelRegistry(Generic[M]):
         snapshot = self._task_snapshot()
         for name, version in snapshot.items():
             current = self._latest.get(name)
-            if current is None or int(current[0]) < int(version):
-                self._load_latest(name, version)
+            if (current is None or int(current[0]) < int(version)) and (name, version) not in self._failed:
+                with contextlib.suppress(ModelLoadFailed):  # recorded and logged; the rest still loads
+                    self._load_latest(name, version)
         with self._lock:
             self._latest = {n: v for n, v in self._latest.items() if n in snapshot}
+            self._failed = {k: why for k, why in self._failed.items() if k[0] in snapshot}
 
     def _task_snapshot(self) -> dict[str, str]:
         """{name: newest version} of the store's models of this registry's task (others are ignored)."""
@@ -98,8 +106,7 @@ class ModelRegistry(Generic[M]):
             current = self._latest.get(name)
             if current is not None and int(current[0]) >= int(version):
                 return current[1]
-            stored = self.store.get(name, version)
-            model = self._loader(stored)
+            model = self._load(self.store.get(name, version))
             with self._lock:
                 self._latest = {**self._latest, name: (version, model)}
             log.info(
@@ -109,6 +116,20 @@ class ModelRegistry(Generic[M]):
                 f" (replacing version {current[0]})" if current else "",
             )
             return model
+
+    def _load(self, stored: ModelVersion) -> M:
+        """The loader's model, or `ModelLoadFailed` (recorded) saying why it could not be loaded."""
+        key = stored.key
+        if key in self._failed:
+            raise ModelLoadFailed(self._failed[key])
+        try:
+            return self._loader(stored)
+        except Exception as exc:
+            why = f"model {stored.name!r} version {stored.version} could not be loaded: {exc}"
+            log.error("%s", why, exc_info=exc)
+            with self._lock:
+                self._failed[key] = why
+            raise ModelLoadFailed(why) from exc
 
     # -- lookups ---------------------------------------------------------------------------------------
     def resolve_name(self, name: str) -> str:
@@ -149,12 +170,17 @@ class ModelRegistry(Generic[M]):
         if stored.metadata.task != self._task:
             raise ModelNotFound(f"model {name!r} is a {stored.metadata.task} model, not {self._task}")
         with self._load_lock:
-            model = self._loader(stored)
+            model = self._load(stored)
         with self._lock:
             self._pinned[key] = model
             while len(self._pinned) > self._max_pinned:
                 self._pinned.popitem(last=False)
         return model
+
+    def load_errors(self) -> dict[tuple[str, str], str]:
+        """Why each (name, version) that failed to load could not be loaded."""
+        with self._lock:
+            return dict(self._failed)
 
     def loaded(self) -> set[tuple[str, str]]:
         """(name, version) of every model in memory."""
