@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export VISION_MODEL_DIR ?= $(CURDIR)/var/models
 export VISION_DATA_DIR ?= $(CURDIR)/var/data
 
-.PHONY: run test install browser proto lint typecheck bench clean
+.PHONY: run test test-fast install browser proto lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy vision classifier_svc explain_svc detector_svc trainer_svc gateway benchmarks
@@ -45,6 +46,10 @@ browser:
 ## The whole suite: lint, types, tests.
 test: install browser lint typecheck
 	$(PY) -m pytest -q
+
+## The fast layer only (no services started): feedback in seconds.
+test-fast: install
+	$(PY) -m pytest -q -m fast
 
 bench: install
 	$(PY) benchmarks/classifier_bench.py

@@ -1,41 +1,28 @@
-"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, `vision train DIR`,
-`vision food101`."""
+"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, plus what the installed
+services contribute through entry points (`vision.plugins`): `vision train`, `vision food101`, ..."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from vision.choices import ARCHITECTURES, PRETRAINED_ARCHITECTURES
 from vision.errors import VisionError
 from vision.models.store import ModelStore
+from vision.plugins import COMMANDS_GROUP, IMPORTERS_GROUP, load_group
+from vision.settings import StoreSettings
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
     return ModelStore(args.model_dir)
 
 
-def is_yolo_file(path: Path) -> bool:
-    """An ONNX export, or a torch checkpoint whose pickle names Ultralytics classes (read, not unpickled)."""
-    if path.suffix.lower() == ".onnx":
-        return True
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            return any(b"ultralytics.nn" in archive.read(n) for n in pickles)
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
-    if is_yolo_file(path):
-        from detector_svc.checkpoints import import_detection_file
-
-        version = import_detection_file(_store(args), path, args.name)
+    importer = next((p.value for p in load_group(IMPORTERS_GROUP) if p.value.accepts(path)), None)
+    if importer is not None:
+        version = importer.import_file(_store(args), path, args.name)
     else:
         from vision.models.checkpoint_import import import_checkpoint
 
@@ -80,19 +67,9 @@ def cmd_run(_: argparse.Namespace) -> int:
     return run()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vision", description="Vision service mesh tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start every service and the gateway locally").set_defaults(func=cmd_run)
-
+def _add_models_commands(sub: argparse._SubParsersAction, store_dir: argparse.ArgumentParser) -> None:
     models = sub.add_parser("models", help="manage the model store").add_subparsers(
         dest="models", required=True
-    )
-    store_dir = argparse.ArgumentParser(add_help=False)
-    store_dir.add_argument(
-        "--model-dir",
-        default=os.environ.get("VISION_MODEL_DIR", "var/models"),
-        help="model store directory (default: $VISION_MODEL_DIR or var/models)",
     )
     imp = models.add_parser("import", parents=[store_dir], help="import a PyTorch checkpoint (weights only)")
     imp.add_argument(
@@ -103,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", required=True, help="model name in the store")
     imp.add_argument("--classes", type=Path, help="classes.txt, one class name per line, in label order")
     imp.add_argument(
-        "--arch",
-        choices=("resnet18", "resnet50", "smallcnn"),
-        help="architecture (default: inferred from the weights)",
+        "--arch", choices=ARCHITECTURES.names, help="architecture (default: inferred from the weights)"
     )
     imp.set_defaults(func=cmd_import)
     models.add_parser("list", parents=[store_dir], help="list models and versions").set_defaults(
@@ -114,17 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = models.add_parser(
         "fetch-pretrained", parents=[store_dir], help="download ImageNet weights (online)"
     )
-    fetch.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
+    fetch.add_argument("--arch", default=ARCHITECTURES.default, choices=PRETRAINED_ARCHITECTURES)
     fetch.add_argument("--name", help="model name (default: the architecture)")
     fetch.add_argument("--url", help="mirror URL of the weights file")
     fetch.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     fetch.set_defaults(func=cmd_fetch)
-    try:  # argument definitions only: torch loads when a training command runs
-        from trainer_svc.cli import add_train_parsers
-    except ImportError:  # an image without trainer_svc (each service's container has only its own package)
-        pass
-    else:
-        add_train_parsers(sub, store_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vision", description="Vision service mesh tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start every service and the gateway locally").set_defaults(func=cmd_run)
+    store_dir = argparse.ArgumentParser(add_help=False)
+    store_dir.add_argument(
+        "--model-dir",
+        default=str(StoreSettings().model_dir),
+        help="model store directory (default: $VISION_MODEL_DIR or var/models)",
+    )
+    _add_models_commands(sub, store_dir)
+    for plugin in load_group(COMMANDS_GROUP):  # argument definitions only: torch loads when one runs
+        plugin.value(sub, store_dir)
     return parser
 
 

@@ -1,13 +1,13 @@
-"""`vision run`: every service that exists plus the gateway, on this machine, as child processes.
+"""`vision run`: every installed service plus the gateway, on this machine, as child processes.
 
-Ports come from the usual environment variables (VISION_CLASSIFIER_PORT=50051, VISION_EXPLAIN_PORT=50052,
-VISION_DETECTOR_PORT=50053, VISION_TRAINER_PORT=50054, VISION_GATEWAY_PORT=8000). Ctrl-C (or SIGTERM)
-stops all of them gracefully; if one dies, the rest are stopped too.
+Which services exist is data: the ``vision.services`` entry points (pyproject.toml) name each service's
+settings class, and its port comes from those settings (VISION_CLASSIFIER_PORT=50051 and so on, the same
+variables the service itself reads). The gateway (the entry point named ``gateway``) starts last, told each
+service's address. Ctrl-C (or SIGTERM) stops all of them gracefully; if one dies, the rest are stopped too.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -15,52 +15,73 @@ import sys
 import time
 from dataclasses import dataclass
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vision.plugins import SERVICES_GROUP, load_group
+
+GATEWAY = "gateway"
+
+
+class LauncherSettings(BaseSettings):
+    """`vision run`'s own settings (VISION_HOST, VISION_RUN_GRACE_SECONDS)."""
+
+    model_config = SettingsConfigDict(env_prefix="VISION_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Where every started process listens.")
+    run_grace_seconds: float = Field(25.0, gt=0, description="How long children get to stop on Ctrl-C.")
+
 
 @dataclass(frozen=True)
 class Service:
+    """A startable process: ``python -m <module>``, configured by variables starting ``env_prefix``."""
+
     name: str
     module: str
     env_prefix: str
-    default_port: int
-
-    def port(self) -> int:
-        return int(os.environ.get(f"{self.env_prefix}PORT", self.default_port))
-
-    def available(self) -> bool:
-        return importlib.util.find_spec(f"{self.module}.__main__") is not None
+    port: int
 
 
-GRPC_SERVICES = (
-    Service("classifier", "classifier_svc", "VISION_CLASSIFIER_", 50051),
-    Service("explain", "explain_svc", "VISION_EXPLAIN_", 50052),
-    Service("detector", "detector_svc", "VISION_DETECTOR_", 50053),
-    Service("trainer", "trainer_svc", "VISION_TRAINER_", 50054),
-)
-GATEWAY = Service("gateway", "gateway", "VISION_GATEWAY_", 8000)
+def installed_services() -> list[Service]:
+    """Every service whose package is installed, from its ``vision.services`` entry point."""
+    services = []
+    for plugin in load_group(SERVICES_GROUP):
+        settings = plugin.value()
+        module = plugin.target.split(":", 1)[0].split(".", 1)[0]
+        prefix = str(settings.model_config.get("env_prefix", ""))
+        services.append(Service(plugin.name, module, prefix, int(settings.port)))
+    return services
 
 
 def _start(service: Service, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", service.module], env=env)
 
 
-def run(grace_s: float = 25.0) -> int:
+def run() -> int:
     """Start everything, wait until interrupted or a child exits, then stop all. Returns an exit status."""
-    host = os.environ.get("VISION_HOST", "127.0.0.1")
+    settings = LauncherSettings()
+    services = installed_services()
+    gateway = next((s for s in services if s.name == GATEWAY), None)
+    if gateway is None:
+        print("[vision] the gateway is not installed: pip install 'vision-mesh[gateway]'", flush=True)
+        return 1
     env = dict(os.environ)
     running: list[tuple[Service, subprocess.Popen[bytes]]] = []
-    for service in (s for s in GRPC_SERVICES if s.available()):
-        env[f"{service.env_prefix}HOST"] = env.get(f"{service.env_prefix}HOST", host)
-        env[f"VISION_GATEWAY_{service.name.upper()}_ADDR"] = f"127.0.0.1:{service.port()}"
-        print(f"[vision] {service.name:<10} gRPC on {host}:{service.port()}", flush=True)
+    for service in (s for s in services if s is not gateway):
+        host = env.setdefault(f"{service.env_prefix}HOST", settings.host)
+        env[f"{gateway.env_prefix}{service.name.upper()}_ADDR"] = f"127.0.0.1:{service.port}"
+        print(f"[vision] {service.name:<10} gRPC on {host}:{service.port}", flush=True)
         running.append((service, _start(service, env)))
-    env.setdefault("VISION_GATEWAY_HOST", host)
+    host = env.setdefault(f"{gateway.env_prefix}HOST", settings.host)
     print(
-        f"[vision] {'gateway':<10} HTTP on http://{env['VISION_GATEWAY_HOST']}:{GATEWAY.port()}/ "
-        f"(API docs at /docs)",
+        f"[vision] {gateway.name:<10} HTTP on http://{host}:{gateway.port}/ (API docs at /docs)",
         flush=True,
     )
-    running.append((GATEWAY, _start(GATEWAY, env)))
+    running.append((gateway, _start(gateway, env)))
+    return _supervise(running, settings.run_grace_seconds)
 
+
+def _supervise(running: list[tuple[Service, subprocess.Popen[bytes]]], grace_s: float) -> int:
     stop_requested = False
 
     def request_stop(_signum: int, _frame: object) -> None:

@@ -53,10 +53,16 @@ def max_upload_bytes(*older_env_names: str) -> Any:
     )
 
 
-class ServiceSettings(BaseSettings):
-    """Settings every gRPC model service has. Subclasses set ``env_prefix`` and the default port."""
+class StoreSettings(BaseSettings):
+    """Where the model store is: what every process that reads or writes models needs."""
 
     model_config = SettingsConfigDict(env_prefix="VISION_", extra="ignore", populate_by_name=True)
+
+    model_dir: Path = shared("VISION_MODEL_DIR", Path("var/models"), "Model store directory.")
+
+
+class ServiceSettings(StoreSettings):
+    """Settings every gRPC service has. Subclasses set ``env_prefix`` and the default port."""
 
     host: str = Field("127.0.0.1", description="Address to listen on ('0.0.0.0' or '[::]' in containers).")
     port: int = Field(0, ge=0, le=65535, description="gRPC port (0: any free port).")
@@ -66,7 +72,6 @@ class ServiceSettings(BaseSettings):
         0.0, ge=0, description="After SIGTERM, keep accepting calls this long while health says NOT_SERVING."
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
-    model_dir: Path = shared("VISION_MODEL_DIR", Path("var/models"), "Model store directory.")
     log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
     log_json: bool = shared("VISION_LOG_JSON", False, "One JSON object per log line.")
     max_image_bytes: int = shared(
