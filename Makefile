@@ -52,7 +52,7 @@ test-fast: install
 	$(PY) -m pytest -q -m fast
 
 bench: install
-	$(PY) benchmarks/classifier_bench.py
+	$(PY) -m benchmarks.classifier
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

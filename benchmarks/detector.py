@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """detector_svc throughput against bare ``YOLO.predict``, in one run on one machine.
 
 * bare: one thread calling ``YOLO(weights).predict(image)`` image after image (decoding the JPEG bytes with
@@ -16,27 +15,22 @@ image i mod 2. The model is YOLO11n from the package's ``yolo11n.yaml`` with Bat
 two photos and a raised class bias, so it finds boxes as a trained model would (speed does not depend on
 the weights otherwise); it is saved as a ``.pt`` and imported into a temporary store like a user's file.
 
-    python benchmarks/detector_bench.py                       # CPU: 4 clients, 3 rounds of 10 s phases
-    python benchmarks/detector_bench.py --device cuda --concurrency 32 --batch-sizes 1,8,16
+    python -m benchmarks.detector                       # CPU: 4 clients, 3 rounds of 10 s phases
+    python -m benchmarks.detector --device cuda --concurrency 32 --batch-sizes 1,8,16
+    python -m benchmarks.detector --quick               # a smoke run: 2 clients, 1 round of 2 s
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from the repository root
 
 from detector_svc.offline import make_ultralytics_offline
 
@@ -46,16 +40,18 @@ import cv2  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.utils import ASSETS  # noqa: E402
 
+from benchmarks.harness.cpu import load_average  # noqa: E402
+from benchmarks.harness.load import RPC_TIMEOUT_S, Call, Result, run_load  # noqa: E402
+from benchmarks.harness.procs import Service, grpc_service  # noqa: E402
+from benchmarks.harness.report import markdown_table, write_json  # noqa: E402
 from detector_svc.checkpoints import import_yolo_checkpoint  # noqa: E402
 from vision.models.store import ModelStore  # noqa: E402
 from vision.v1 import detector_pb2, detector_pb2_grpc  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("bus.jpg", "zidane.jpg")
 CPU_TARGET = 0.9
 
@@ -83,28 +79,18 @@ def make_weights(path: Path) -> Path:
     return path
 
 
-def run_for(seconds: float, clients: int, call: Callable[[int], None]) -> tuple[int, float, list[float]]:
-    """(requests, wall s, latencies in ms) of ``clients`` threads calling ``call(i)`` for ``seconds``."""
-    done: list[float] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def worker(client: int) -> None:
-        i = client
-        while time.perf_counter() < stop:
-            start = time.perf_counter()
-            call(i)
-            with lock:
-                done.append((time.perf_counter() - start) * 1000)
-            i += clients
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return len(done), time.perf_counter() - start, done
+def row(result: Result, cpu_process: str) -> dict[str, Any]:
+    """A result as the row this benchmark reports (mean batch from the server's timing fields)."""
+    return {
+        "cpu_ms_per_image": result.cpu_ms_per_image(cpu_process) or 0.0,
+        "label": result.label,
+        "clients": result.concurrency,
+        "mean_batch": result.timing_mean("batch_size") or 1.0,
+        "requests": result.images,
+        "images_per_s": result.throughput,
+        "p50_ms": result.percentile(50) or 0.0,
+        "p99_ms": result.percentile(99) or 0.0,
+    }
 
 
 class Bare:
@@ -116,102 +102,50 @@ class Bare:
         self.kwargs: dict[str, Any] = {"conf": 0.25, "iou": 0.45, "verbose": False, "device": device}
         if device.startswith("cuda"):
             self.kwargs["quantize"] = 16
-        for i in range(3):
-            self.call(i)  # warm-up
+        self.count = 0
+        for _ in range(3):
+            self.call()  # warm-up
 
-    def call(self, i: int) -> None:
-        frame = cv2.imdecode(np.frombuffer(self.images[i % len(self.images)], np.uint8), cv2.IMREAD_COLOR)
+    def call(self) -> None:
+        data = self.images[self.count % len(self.images)]
+        self.count += 1
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         self.model.predict(frame, **self.kwargs)
 
     def measure(self, seconds: float) -> dict[str, Any]:
-        cpu = time.process_time()
-        n, wall, lat = run_for(seconds, 1, self.call)
-        cpu_ms = (time.process_time() - cpu) * 1000 / max(n, 1)
-        return row("bare YOLO.predict (decode + predict, 1 thread)", 1, 1.0, n, wall, lat, cpu_ms)
+        label = "bare YOLO.predict (decode + predict, 1 thread)"
+        result = run_load("bare", label, [self.call], seconds=seconds, pids={"bench": os.getpid()})
+        return row(result, "bench")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Detector:
+    """Client threads (sharing one gRPC channel) to a running detector_svc with max batch ``batch``."""
 
+    def __init__(self, service: Service, images: list[bytes], clients: int, batch: int) -> None:
+        self.service, self.clients, self.batch = service, clients, batch
+        self.channel = grpc.insecure_channel(service.address)
+        stub = detector_pb2_grpc.DetectorStub(self.channel)
+        self.calls = [self._caller(stub, images[i % len(images)]) for i in range(clients)]
+        for _ in range(2):
+            for call in self.calls:
+                call()  # warm-up
 
-class Service:
-    """``python -m detector_svc`` in a subprocess with ``max_batch_size``, and gRPC clients to it."""
+    @staticmethod
+    def _caller(stub: detector_pb2_grpc.DetectorStub, image: bytes) -> Call:
+        request = detector_pb2.DetectRequest(image=image)
 
-    def __init__(self, store: Path, images: list[bytes], clients: int, batch: int, device: str) -> None:
-        self.port, self.images, self.clients, self.batch = free_port(), images, clients, batch
-        env = {
-            **os.environ,
-            "VISION_MODEL_DIR": str(store),
-            "VISION_DETECTOR_PORT": str(self.port),
-            "VISION_DETECTOR_FETCH_DEFAULT": "false",
-            "VISION_DETECTOR_MAX_BATCH_SIZE": str(batch),
-            "VISION_DETECTOR_MAX_QUEUE": str(max(64, clients * 2)),
-            "VISION_DETECTOR_DEVICE": device,
-            "VISION_LOG_LEVEL": "WARNING",
-        }
-        self.proc = subprocess.Popen([sys.executable, "-m", "detector_svc"], env=env, cwd=REPO_ROOT)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        wait_serving(self.channel)
-        self.stub = detector_pb2_grpc.DetectorStub(self.channel)
-        self.batch_sizes: list[int] = []
-        for i in range(2 * clients):
-            self.call(i)  # warm-up
+        def call() -> dict[str, float]:
+            return {"batch_size": float(stub.Detect(request, timeout=RPC_TIMEOUT_S).timing.batch_size)}
 
-    def call(self, i: int) -> None:
-        request = detector_pb2.DetectRequest(image=self.images[i % len(self.images)])
-        self.batch_sizes.append(self.stub.Detect(request, timeout=120).timing.batch_size)
+        return call
 
     def measure(self, seconds: float) -> dict[str, Any]:
-        self.batch_sizes.clear()
-        cpu = process_cpu_s(self.proc.pid)
-        n, wall, lat = run_for(seconds, self.clients, self.call)
-        cpu_ms = (process_cpu_s(self.proc.pid) - cpu) * 1000 / max(n, 1)
         label = f"detector_svc gRPC, {self.clients} clients, max batch {self.batch}"
-        return row(label, self.clients, float(np.mean(self.batch_sizes)), n, wall, lat, cpu_ms)
+        result = run_load("svc", label, self.calls, seconds=seconds, pids={"detector_svc": self.service.pid})
+        return row(result, "detector_svc")
 
     def close(self) -> None:
         self.channel.close()
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far, all threads (Linux /proc); 0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_serving(channel: grpc.Channel, timeout: float = 180.0) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("detector_svc did not become SERVING")
-
-
-def row(
-    label: str, clients: int, batch: float, n: int, wall: float, lat: list[float], cpu_ms: float
-) -> dict[str, Any]:
-    return {
-        "cpu_ms_per_image": cpu_ms,
-        "label": label,
-        "clients": clients,
-        "mean_batch": batch,
-        "requests": n,
-        "images_per_s": n / wall,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-    }
 
 
 def summarise(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -229,32 +163,34 @@ def summarise(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def report(rows: list[dict[str, Any]], device: str, rounds: int, seconds: float, load: str) -> str:
-    lines = [
-        f"detector_bench on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    header = (
+        f"benchmarks.detector on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"device {device}, torch {torch.__version__}; {rounds} rounds of {seconds:g} s per configuration; "
-        f"load average before/after: {load}",
-        "",
-        "| what | clients | mean batch | images/s | p50 ms | p99 ms | CPU ms / image "
-        "| service / bare (per round) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        per_round = ", ".join(f"{x:.2f}" for x in r["ratios"])
-        lines.append(
-            f"| {r['label']} | {r['clients']:.0f} | {r['mean_batch']:.2f} | {r['images_per_s']:.2f} | "
-            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['cpu_ms_per_image']:.0f} | "
-            f"{r['ratio']:.2f} ({per_round}) |"
-        )
-    if device == "cpu":
-        lines += ["", f"target on CPU: detector_svc / bare >= {CPU_TARGET}"]
-    return "\n".join(lines)
+        f"load average before/after: {load}\n\n"
+    )
+    columns = ("what", "clients", "mean batch", "images/s", "p50 ms", "p99 ms", "CPU ms / image")
+    table = markdown_table(
+        (*columns, "service / bare (per round)"),
+        "lrrrrrrr",
+        (
+            (
+                r["label"],
+                f"{r['clients']:.0f}",
+                f"{r['mean_batch']:.2f}",
+                f"{r['images_per_s']:.2f}",
+                f"{r['p50_ms']:.0f}",
+                f"{r['p99_ms']:.0f}",
+                f"{r['cpu_ms_per_image']:.0f}",
+                f"{r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratios'])})",
+            )
+            for r in rows
+        ),
+    )
+    target = f"\n\ntarget on CPU: detector_svc / bare >= {CPU_TARGET}" if device == "cpu" else ""
+    return header + table + target
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -263,27 +199,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8", help="VISION_DETECTOR_MAX_BATCH_SIZE values to run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured phase")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all phases")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 clients, 1 round of 2 s phases")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.seconds, args.rounds = 2, 2.0, 1
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     images = [(ASSETS / photo).read_bytes() for photo in PHOTOS]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="detector-bench-") as tmp, contextlib.ExitStack() as stack:
         weights = make_weights(Path(tmp) / "yolo11n.pt")
         store = ModelStore(Path(tmp) / "models")
         import_yolo_checkpoint(store, weights, "yolo11n")
         bare = Bare(weights, images, args.device)
-        batches = [int(b) for b in args.batch_sizes.split(",")]
-        services = [Service(store.root, images, args.concurrency, b, args.device) for b in batches]
-        phases: list[Bare | Service] = [bare, *services]
+        phases: list[Bare | Detector] = [bare]
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            env = {
+                **os.environ,
+                "VISION_MODEL_DIR": str(store.root),
+                "VISION_DETECTOR_FETCH_DEFAULT": "false",
+                "VISION_DETECTOR_MAX_BATCH_SIZE": str(batch),
+                "VISION_DETECTOR_MAX_QUEUE": str(max(64, args.concurrency * 2)),
+                "VISION_DETECTOR_DEVICE": args.device,
+                "VISION_LOG_LEVEL": "WARNING",
+            }
+            name = f"detector_svc-b{batch}"
+            svc = stack.enter_context(
+                grpc_service("detector_svc", "VISION_DETECTOR_PORT", env, Path(tmp), name)
+            )
+            detector = Detector(svc, images, args.concurrency, batch)
+            stack.callback(detector.close)
+            phases.append(detector)
         load_before = load_average()
-        try:
-            rounds = [[phase.measure(args.seconds) for phase in phases] for _ in range(args.rounds)]
-        finally:
-            for svc in services:
-                svc.close()
+        rounds = [[phase.measure(args.seconds) for phase in phases] for _ in range(args.rounds)]
     rows = summarise(rounds)
     print(report(rows, args.device, args.rounds, args.seconds, f"{load_before} / {load_average()}"))
-    if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "summary": rows}, indent=2))
+    write_json(args.json, {"rounds": rounds, "summary": rows})
     return 0
 
 

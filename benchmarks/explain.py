@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """explain_svc throughput against classifier_svc for the same model, in one run on one machine.
 
 Both services run as subprocesses on one model store holding a seeded random ResNet18 (1000 classes); the
@@ -6,49 +5,33 @@ same N gRPC clients send the same real photos to each in turn. Printed: images/s
 the ratio explain / classify with the targets (CAM and Grad-CAM at the default layer >= 0.8x; Grad-CAM and
 Grad-CAM++ at a middle layer reported).
 
-    python benchmarks/explain_bench.py                        # 8 clients, 15 s per phase
-    python benchmarks/explain_bench.py --overlay-side 640      # VISION_EXPLAIN_MAX_OVERLAY_SIDE
+    python -m benchmarks.explain                        # 8 clients, 15 s per phase
+    python -m benchmarks.explain --overlay-side 640     # VISION_EXPLAIN_MAX_OVERLAY_SIDE
+    python -m benchmarks.explain --quick                # a smoke run: 2 clients, 1 s phases
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shlex
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import grpc
 import torch
-from classifier_bench import (
-    RPC_TIMEOUT_S,
-    TIMING_KEYS,
-    Call,
-    Result,
-    Service,
-    fmt,
-    free_port,
-    grpc_calls,
-    grpc_serving,
-    publish_random_model,
-    results_table,
-    run_load,
-    subprocess_service,
-    test_images,
-)
 
+from benchmarks.classifier.clients import grpc_calls
+from benchmarks.harness.inputs import publish_random_model, test_images
+from benchmarks.harness.load import RPC_TIMEOUT_S, Call, Result, grpc_channels, run_load, timing_fields
+from benchmarks.harness.procs import grpc_service, thread_env
+from benchmarks.harness.report import command_line, fmt, markdown_table, ratio, results_table
 from vision.models.store import ModelStore
 from vision.v1 import explainer_pb2, explainer_pb2_grpc
 
-PHASES: tuple[
-    tuple[str, str, explainer_pb2.CamMethod, str, float | None], ...
-] = (  # key, label, method, layer, target
+# key, label, method, layer, target (None: reported only)
+PHASES: tuple[tuple[str, str, explainer_pb2.CamMethod, str, float | None], ...] = (
     ("cam", "CAM, last conv block (layer4)", explainer_pb2.CAM_METHOD_CAM, "", 0.8),
     ("gradcam", "Grad-CAM, last conv block (layer4)", explainer_pb2.CAM_METHOD_GRAD_CAM, "", 0.8),
     ("gradcam_l3", "Grad-CAM, middle layer (layer3)", explainer_pb2.CAM_METHOD_GRAD_CAM, "layer3", None),
@@ -65,24 +48,15 @@ PHASES: tuple[
 def explain_calls(
     address: str, images: list[bytes], n: int, method: explainer_pb2.CamMethod, layer: str
 ) -> tuple[list[Call], Callable[[], None]]:
-    channels = [
-        grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.use_local_subchannel_pool", 1),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ],
-        )
-        for _ in range(n)
-    ]
+    """One channel per client; client i sends image i mod len(images) with ``method`` at ``layer``."""
+    channels = grpc_channels(address, n)
 
     def make(i: int) -> Call:
         stub = explainer_pb2_grpc.ExplainerStub(channels[i])
         request = explainer_pb2.ExplainRequest(image=images[i % len(images)], method=method, layer=layer)
 
         def call() -> dict[str, float]:
-            timing = stub.Explain(request, timeout=RPC_TIMEOUT_S).timing
-            return {key: float(getattr(timing, key)) for key in TIMING_KEYS}
+            return timing_fields(stub.Explain(request, timeout=RPC_TIMEOUT_S).timing)
 
         return call
 
@@ -91,15 +65,6 @@ def explain_calls(
             channel.close()
 
     return [make(i) for i in range(n)], close
-
-
-@contextlib.contextmanager
-def service(name: str, module: str, prefix: str, env: dict[str, str], log_dir: Path) -> Iterator[Service]:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    full_env = {**env, f"{prefix}PORT": str(port)}
-    with subprocess_service(name, module, full_env, address, log_dir, grpc_serving(address)) as svc:
-        yield svc
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -113,62 +78,79 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each service (default: all)")
     parser.add_argument("--overlay-side", type=int, default=0, help="VISION_EXPLAIN_MAX_OVERLAY_SIDE")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 clients, 1 s phases, 0.5 s warm-up"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.seconds, args.warmup_seconds = 2, 1.0, 0.5
+    return args
+
+
+def measure(args: argparse.Namespace, store: ModelStore, images: list[bytes], tmp: Path) -> list[Result]:
+    """The classify phase, then one phase per entry of PHASES; one service at a time, so neither competes
+    with the other for the cores."""
+    env = {
+        **thread_env(args.threads),
+        "VISION_MODEL_DIR": str(store.root),
+        "VISION_CLASSIFIER_FETCH_PRETRAINED": "false",
+        "VISION_CLASSIFIER_DEVICE": args.device,
+        "VISION_EXPLAIN_DEVICE": args.device,
+    }
+    if args.overlay_side:
+        env["VISION_EXPLAIN_MAX_OVERLAY_SIDE"] = str(args.overlay_side)
+    load: dict[str, Any] = {
+        "seconds": args.seconds,
+        "warmup_s": args.warmup_seconds,
+        "idle_wait_s": args.wait_idle,
+    }
+    results: list[Result] = []
+    with grpc_service("classifier_svc", "VISION_CLASSIFIER_PORT", env, tmp) as svc:
+        calls, close = grpc_calls(svc.address, images, args.concurrency)
+        results.append(run_load("classify", "classifier_svc Classify", calls, pids={"svc": svc.pid}, **load))
+        close()
+    with grpc_service("explain_svc", "VISION_EXPLAIN_PORT", env, tmp) as svc:
+        for key, label, method, layer, _ in PHASES:
+            calls, close = explain_calls(svc.address, images, args.concurrency, method, layer)
+            results.append(run_load(key, f"explain_svc {label}", calls, pids={"svc": svc.pid}, **load))
+            close()
+    return results
+
+
+def ratios_table(results: list[Result]) -> str:
+    """explain / classify images/s per phase, with the targets."""
+    base = results[0].throughput
+    rows = []
+    for (_key, label, _method, _layer, target), result in zip(PHASES, results[1:], strict=True):
+        value = ratio(result.throughput, base)
+        met = "-" if target is None else ("yes" if value >= target else "no")
+        rows.append(
+            (
+                label,
+                fmt(result.throughput),
+                f"{value:.2f}x",
+                "reported" if target is None else f">= {target}x",
+                met,
+            )
+        )
+    return markdown_table(("explain phase", "images/s", "ratio to classify", "target", "met"), "lllll", rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = args.threads or torch.get_num_threads()
-    print(f"$ {shlex.join(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))}\n")
+    args.threads = args.threads or torch.get_num_threads()
+    print(f"$ {command_line()}\n")
     print(
-        f"- {os.cpu_count()} CPU cores, device {args.device}, torch threads per service {threads}; "
+        f"- {os.cpu_count()} CPU cores, device {args.device}, torch threads per service {args.threads}; "
         f"{args.concurrency} gRPC clients; {args.seconds:g} s per phase; resnet18, 1000 classes"
     )
     images = [data for _, data in test_images()]
     with tempfile.TemporaryDirectory(prefix="explain-bench-") as tmp:
         store = ModelStore(Path(tmp) / "models")
         publish_random_model(store, "resnet18")
-        env = {
-            **os.environ,
-            "VISION_MODEL_DIR": str(store.root),
-            "VISION_CLASSIFIER_FETCH_PRETRAINED": "false",
-            "VISION_CLASSIFIER_DEVICE": args.device,
-            "VISION_EXPLAIN_DEVICE": args.device,
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-        }
-        if args.overlay_side:
-            env["VISION_EXPLAIN_MAX_OVERLAY_SIDE"] = str(args.overlay_side)
-        load = {
-            "seconds": args.seconds,
-            "requests": 0,
-            "warmup_s": args.warmup_seconds,
-            "idle_wait_s": args.wait_idle,
-        }
-        results: list[Result] = []
-        # One service at a time: neither competes with the other for the cores.
-        with service("classifier_svc", "classifier_svc", "VISION_CLASSIFIER_", env, Path(tmp)) as svc:
-            calls, close = grpc_calls(svc.address, images, args.concurrency)
-            results.append(
-                run_load("classify", "classifier_svc Classify", calls, pids={"svc": svc.pid}, **load)
-            )
-            close()
-        with service("explain_svc", "explain_svc", "VISION_EXPLAIN_", env, Path(tmp)) as svc:
-            for key, label, method, layer, _ in PHASES:
-                calls, close = explain_calls(svc.address, images, args.concurrency, method, layer)
-                results.append(run_load(key, f"explain_svc {label}", calls, pids={"svc": svc.pid}, **load))
-                close()
+        results = measure(args, store, images, Path(tmp))
     print("\n" + results_table(results))
-    base = results[0].throughput
-    print("\n| explain phase | images/s | ratio to classify | target | met |\n|---|---|---|---|---|")
-    for (_key, label, *_rest, target), result in zip(PHASES, results[1:], strict=True):
-        ratio = result.throughput / base if base else 0.0
-        met = "-" if target is None else ("yes" if ratio >= target else "no")
-        print(
-            f"| {label} | {fmt(result.throughput)} | {ratio:.2f}x | "
-            f"{'reported' if target is None else f'>= {target}x'}"
-            f" | {met} |"
-        )
+    print("\n" + ratios_table(results))
     return 0
 
 

@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """trainer_svc training throughput against a bare PyTorch training loop, in one run on one machine.
 
 Both train the same model (``vision.models.architectures.build_model``, from scratch, every layer) on the same
 images (scikit-learn's digits written as an ImageFolder of PNGs, upscaled) with the same augmentation,
 batch size, optimizer (Adam + per-step cosine schedule), DataLoader worker count and device:
 
-* bare: a hand-written loop in this process (torchvision ImageFolder, DataLoader, forward/backward/step);
+* bare: a hand-written loop in a fresh process (torchvision ImageFolder, DataLoader, forward/backward/step);
   validation after each epoch, nothing else.
 * trainer: a real ``python -m trainer_svc`` subprocess running the job in its worker process (decoding with
   the service's image checks, progress events, per-epoch validation, atomic checkpoints and best weights,
@@ -16,8 +15,9 @@ Rows: training images/s (training phase only, the first epoch dropped as warm-up
 ``--rounds`` times and report the median (a shared machine disturbs single rounds). On CUDA, GPU
 utilisation is sampled with nvidia-smi during each run.
 
-    python benchmarks/trainer_bench.py                                  # resnet18 at 112 px, 512 images
-    python benchmarks/trainer_bench.py --arch smallcnn --img-size 64 --device cuda --json out.json
+    python -m benchmarks.trainer                                  # resnet18 at 112 px, 512 images
+    python -m benchmarks.trainer --arch smallcnn --img-size 64 --device cuda --json out.json
+    python -m benchmarks.trainer --quick                          # a smoke run: smallcnn, 32 px, 1 round
 """
 
 from __future__ import annotations
@@ -27,19 +27,16 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 import torch
@@ -47,19 +44,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from trainer_svc.digits import write_image_folder
+from benchmarks.harness.procs import REPO_ROOT, grpc_service
+from benchmarks.harness.report import markdown_table, write_json
+from tests.support.digits import write_image_folder
+from vision.choices import ARCHITECTURES
 from vision.image.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from vision.models.architectures import build_model
 from vision.models.devices import resolve_device
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 0.9
-ARCH_ENUM = {
-    "resnet18": trainer_pb2.ARCHITECTURE_RESNET18,
-    "resnet50": trainer_pb2.ARCHITECTURE_RESNET50,
-    "smallcnn": trainer_pb2.ARCHITECTURE_SMALLCNN,
-}
 
 
 def make_dataset(root: Path, per_class: int, size: int) -> tuple[Path, int, int]:
@@ -84,14 +78,9 @@ def gpu_sampler(device: torch.device) -> Iterator[list[float]]:
     samples: list[float] = []
     stop = threading.Event()
     index = device.index or 0
+    query = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
 
     def sample() -> None:
-        query = [
-            "nvidia-smi",
-            f"--id={index}",
-            "--query-gpu=utilization.gpu",
-            "--format=csv,noheader,nounits",
-        ]
         while not stop.wait(0.5):
             try:
                 samples.append(
@@ -109,9 +98,8 @@ def gpu_sampler(device: torch.device) -> Iterator[list[float]]:
         stop.set()
 
 
-def bare_run(args: argparse.Namespace, data: Path, device: torch.device) -> dict[str, Any]:
-    """The reference: a plain PyTorch loop. Returns per-epoch train and whole-epoch images/s."""
-    torch.manual_seed(0)
+def loaders(args: argparse.Namespace, data: Path) -> tuple[DataLoader, DataLoader]:
+    """Training (augmented, shuffled) and validation (resize + centre crop) loaders over ``data``."""
     norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     augment = transforms.Compose(
         [
@@ -132,6 +120,13 @@ def bare_run(args: argparse.Namespace, data: Path, device: torch.device) -> dict
     val = DataLoader(
         datasets.ImageFolder(str(data / "val"), plain), args.batch_size, num_workers=args.workers
     )
+    return train, val
+
+
+def bare_run(args: argparse.Namespace, data: Path, device: torch.device) -> dict[str, Any]:
+    """The reference: a plain PyTorch loop. Returns per-epoch train and whole-epoch images/s."""
+    torch.manual_seed(0)
+    train, val = loaders(args, data)
     model = build_model(args.arch, 10).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs * len(train))
@@ -160,27 +155,19 @@ def bare_run(args: argparse.Namespace, data: Path, device: torch.device) -> dict
     return {"train": train_rates, "epoch": epoch_rates, "gpu": gpu, "val_accuracy": accuracy}
 
 
-def bare_in_subprocess(args: argparse.Namespace, data: Path) -> dict[str, Any]:
+def bare_in_subprocess(argv: Sequence[str], data: Path) -> dict[str, Any]:
     """`bare_run` in a fresh process, as the trainer runs in its own (and no fork beside gRPC threads)."""
-    command = [sys.executable, __file__, "--bare-run", str(data), *sys.argv[1:]]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "benchmarks.trainer", "--bare-run", str(data), *argv]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
 def trainer_service(args: argparse.Namespace, work: Path) -> Iterator[trainer_pb2_grpc.TrainerStub]:
     """``python -m trainer_svc`` on a free port, its data under ``work``; a stub once it is SERVING."""
-    port = free_port()
     env = {
         **os.environ,
-        "VISION_TRAINER_PORT": str(port),
         "VISION_DATA_DIR": str(work / "data"),
         "VISION_MODEL_DIR": str(work / "models"),
         "VISION_TRAINER_DATASETS_DIR": str(work),
@@ -188,15 +175,11 @@ def trainer_service(args: argparse.Namespace, work: Path) -> Iterator[trainer_pb
         "VISION_TRAINER_DEVICE": args.device,
         "VISION_LOG_LEVEL": "WARNING",
     }
-    process = subprocess.Popen([sys.executable, "-m", "trainer_svc"], env=env, cwd=REPO_ROOT)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=120)
+    with (
+        grpc_service("trainer_svc", "VISION_TRAINER_PORT", env, work) as svc,
+        grpc.insecure_channel(svc.address) as channel,
+    ):
         yield trainer_pb2_grpc.TrainerStub(channel)
-    finally:
-        channel.close()
-        process.terminate()
-        process.wait(30)
 
 
 def trainer_run(
@@ -205,7 +188,7 @@ def trainer_run(
     """One job like the bare run; per-epoch rates from its events (training phase, and event to event)."""
     spec = trainer_pb2.JobSpec(
         model_name="bench",
-        architecture=ARCH_ENUM[args.arch],
+        architecture=ARCHITECTURES.to_enum(args.arch),  # type: ignore[arg-type]
         pretrained=False,  # type: ignore[arg-type]
         mode=trainer_pb2.TRAIN_MODE_FULL,
         epochs=args.epochs,
@@ -243,9 +226,10 @@ def _mean_gpu(runs: list[dict[str, Any]]) -> float | None:
     return statistics.fmean(samples) if samples else None
 
 
-def report(
+def summarise(
     args: argparse.Namespace, device: torch.device, runs: dict[str, list[dict[str, Any]]]
 ) -> dict[str, Any]:
+    """Medians over the rounds of each side, the ratios trainer / bare, and each round's ratio."""
     out: dict[str, Any] = {
         "config": vars(args),
         "device": str(device),
@@ -274,28 +258,29 @@ def print_markdown(out: dict[str, Any]) -> None:
         f"training images, {cfg['epochs']} epochs x {cfg['rounds']} rounds, {cfg['workers']} loader workers, "
         f"device {out['device']} ({out['cpus']} CPUs, torch {out['torch']})\n"
     )
-    print("| | bare PyTorch loop | trainer_svc job | ratio (target >= 0.9) |\n|---|---:|---:|---:|")
-    rows = (
+    rows: list[tuple[object, ...]] = []
+    for row, name in (
         ("train_images_per_s", "training images/s"),
         ("epoch_images_per_s", "epoch images/s (with validation)"),
-    )
-    for row, name in rows:
+    ):
         ratio = out[f"ratio_{row}"]
         mark = "✓" if ratio >= TARGET_RATIO else "✗"
-        print(f"| {name} | {out['bare'][row]:.1f} | {out['trainer'][row]:.1f} | {ratio:.2f} {mark} |")
+        rows.append((name, f"{out['bare'][row]:.1f}", f"{out['trainer'][row]:.1f}", f"{ratio:.2f} {mark}"))
     gpu = [out[k]["gpu_util_percent"] for k in ("bare", "trainer")]
     if any(g is not None for g in gpu):
-        print(f"| GPU utilisation % | {gpu[0] or 0:.0f} | {gpu[1] or 0:.0f} | |")
+        rows.append(("GPU utilisation %", f"{gpu[0] or 0:.0f}", f"{gpu[1] or 0:.0f}", ""))
+    header = ("", "bare PyTorch loop", "trainer_svc job", f"ratio (target >= {TARGET_RATIO})")
+    print(markdown_table(header, "lrrr", rows))
     print(f"\ntraining images/s ratio of each round (same-round pairs): {out['round_ratios']}")
     accuracy = (out["bare"]["val_accuracy"], out["trainer"]["val_accuracy"])
     print(f"\nvalidation accuracy of each run (bare, trainer): {accuracy[0]}, {accuracy[1]}")
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", default="resnet18", choices=sorted(ARCH_ENUM))
+    parser.add_argument("--arch", default="resnet18", choices=ARCHITECTURES.names)
     parser.add_argument("--img-size", type=int, default=112)
     parser.add_argument(
         "--per-class", type=int, default=64, help="digits per class (x10 classes, 80%% train)"
@@ -307,30 +292,41 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (both sides)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: smallcnn, 32 px, 10 per class, 2 epochs, 1 round"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--bare-run", type=Path, help=argparse.SUPPRESS)  # internal: one bare run, JSON out
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.arch, args.img_size, args.per_class, args.epochs, args.rounds = "smallcnn", 32, 10, 2, 1
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     device = resolve_device(args.device)
     if args.bare_run:
         print(json.dumps(bare_run(args, args.bare_run, device)))
-        return
+        return 0
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         work = Path(tmp)
         data, args.n_train, _ = make_dataset(work / "dataset", args.per_class, args.img_size)
         runs: dict[str, list[dict[str, Any]]] = {"bare": [], "trainer": []}
         with trainer_service(args, work) as stub:
             for round_ in range(args.rounds):
-                runs["bare"].append(bare_in_subprocess(args, data))
+                runs["bare"].append(bare_in_subprocess(argv, data))
                 runs["trainer"].append(trainer_run(args, stub, device))
                 bare, trainer = runs["bare"][-1]["train"], runs["trainer"][-1]["train"]
                 print(
                     f"round {round_ + 1} training images/s: bare {bare}, trainer {trainer}", file=sys.stderr
                 )
-    out = report(args, device, runs)
+    out = summarise(args, device, runs)
     print_markdown(out)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2, default=str))
+    write_json(args.json, out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -378,7 +378,7 @@ def dockerignore_excludes(path: str) -> bool:
         ".cache/k8s-tools/x",
         "tests/test_store.py",
         "vision/__pycache__/a.pyc",
-        "benchmarks/classifier_bench.py",
+        "benchmarks/classifier/__main__.py",
         "deploy/k8s/base/kustomization.yaml",
     ],
 )

@@ -44,13 +44,13 @@ def status_of(error: errors.VisionError) -> grpc.StatusCode:
 
 def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> NoReturn:
     """Turn ``exc`` into the call's status; always raises (as ``context.abort`` does)."""
+    if not context.is_active():  # the client cancelled or its deadline passed: nobody reads the status
+        log.info("%s: the client went away before the answer (%s)", method, type(exc).__name__)
+        context.abort(grpc.StatusCode.CANCELLED, "the client went away")
     if isinstance(exc, errors.VisionError):
         context.abort(status_of(exc), exc.message)
     if isinstance(exc, FutureTimeout):
         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
-    if not context.is_active():  # the client cancelled or its deadline passed: nobody reads the status
-        log.info("%s: the client went away (%s)", method, type(exc).__name__)
-        context.abort(grpc.StatusCode.CANCELLED, "the client went away")
     log.error("unexpected error in %s", method, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
@@ -83,6 +83,9 @@ def _stream_response(behaviour: Callable[..., Iterator[Any]], method: str) -> Ca
             if _already_aborted(context):
                 raise
             _abort_for(exc, context, method)
+        else:
+            if not context.is_active():  # the method noticed the cancel itself and returned
+                log.info("%s: the client cancelled the stream", method)
 
     return handle
 

@@ -1,0 +1,1 @@
+"""classifier_svc and the gateway against the bare model (``python -m benchmarks.classifier``)."""

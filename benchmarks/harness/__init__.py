@@ -1,0 +1,1 @@
+"""What every benchmark shares: load generator, service launcher, CPU accounting, inputs, report."""
