@@ -18,6 +18,7 @@ from explain_svc.config import ExplainSettings
 from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.server import create_explain_server
 from tests.conftest import encode, publish_random_model
+from vision.image.preprocess import Preprocessing
 from vision.models.architectures import build_model
 from vision.models.store import ModelMetadata, ModelStore
 from vision.models.weights import publish_state_dict
@@ -105,20 +106,25 @@ def test_the_overlays_hottest_region_sits_on_the_object_in_the_uploaded_photo(
     assert np.asarray(heatmap).max() == 255
 
 
-def test_a_stretched_overlay_would_miss_the_object(
-    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore],
+@pytest.mark.parametrize("size", [(640, 480), (480, 640)])
+def test_the_raw_heatmap_covers_the_centre_crop_the_model_saw(
+    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], size: tuple[int, int]
 ) -> None:
-    # The raw heatmap covers the centre crop only: stretching it over the whole photo lands elsewhere.
+    # heatmap_png is in the model's input coordinates: through the crop box, its hot spot is on the object.
     stub, _ = explain
     reply = stub.Explain(
         explainer_pb2.ExplainRequest(
-            image=encode(photo_with_object(), "PNG"), model=common_pb2.ModelRef(name="bright")
+            image=encode(photo_with_object(size), "PNG"), model=common_pb2.ModelRef(name="bright")
         ),
         timeout=30,
     )
-    stretched = Image.open(io.BytesIO(reply.heatmap_png)).resize((640, 480), Image.Resampling.BILINEAR)
-    _cy, cx = np.argwhere(np.asarray(stretched) >= 250).mean(axis=0)
-    assert not (OBJECT[0] <= cx <= OBJECT[2]), "the test photo does not tell stretched from aligned"
+    cy, cx = hot_pixels(reply.heatmap_png).mean(axis=0)
+    left, top, right, bottom = Preprocessing().crop_box(*size)
+    x = left + (cx + 0.5) * (right - left) / 224
+    y = top + (cy + 0.5) * (bottom - top) / 224
+    assert OBJECT[0] <= x <= OBJECT[2] and OBJECT[1] <= y <= OBJECT[3], (
+        f"({x:.0f}, {y:.0f}) is off the object"
+    )
 
 
 def test_the_default_colormap_is_jet_and_blends_with_the_photo(
@@ -202,7 +208,7 @@ def test_a_thousand_requests_do_not_grow_memory_or_leave_hooks(store: ModelStore
     torch.manual_seed(0)
     meta = ModelMetadata("smallcnn", ["a", "b", "c"], resize_size=72, input_size=64)
     publish_state_dict(store, "small", build_model("smallcnn", 3).state_dict(), meta)
-    engine = ExplainEngine(store, device="cpu", max_batch_delay_ms=1)
+    engine = ExplainEngine(store, ExplainSettings(device="cpu", max_batch_delay_ms=1))
     engine.start()
     images = [encode(photo_with_object((96, 80)), "PNG"), encode(photo_with_object((80, 96)), "JPEG")]
     options = [
