@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_svc.digits import write_image_folder
+from tests.support.digits import write_image_folder
 from vision.cli import main
 from vision.models.store import ModelStore
 

@@ -14,17 +14,23 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer_svc import checkpoints, run
-from trainer_svc.data import DatasetSplit, Sample, eval_transform, load_image_folder, stratified_split
-from trainer_svc.digits import write_image_folder
-from trainer_svc.evaluation import (
+from tests.support.digits import write_image_folder
+from trainer_svc.training import loop, resume
+from trainer_svc.training.config import TrainConfig, validate_class_names, validate_file_name
+from trainer_svc.training.data import (
+    DatasetSplit,
+    Sample,
+    eval_transform,
+    load_image_folder,
+    stratified_split,
+)
+from trainer_svc.training.evaluation import (
     confusion_matrix_png,
     evaluate_predictions,
     metrics_table,
     training_curves_png,
 )
-from trainer_svc.train_config import TrainConfig, validate_class_names, validate_file_name
-from trainer_svc.training import Runtime
+from trainer_svc.training.loop import Runtime
 from vision.errors import InvalidArgument, InvalidCheckpoint
 from vision.image.preprocess import Preprocessing
 
@@ -46,6 +52,7 @@ def digits_split(tmp_path_factory: pytest.TempPathFactory) -> DatasetSplit:
     return load_image_folder(root, 0.2, seed=0, min_per_class=5)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -74,6 +81,7 @@ def test_out_of_range_options_are_refused_naming_the_accepted_values(
     assert message in caught.value.message
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("labels", "message"),
     [
@@ -98,16 +106,23 @@ def test_bad_labels_are_refused(labels: list[str], message: str) -> None:
     assert message in caught.value.message
 
 
-def test_reasonable_labels_in_any_script_are_accepted() -> None:
-    validate_class_names(["golden retriever", "chat noir", "猫", "كلب", "café-crème (2)", "👩\u200d🍳"])
+@pytest.mark.fast
+def test_reasonable_labels_in_any_script_are_accepted_unchanged_and_still_compared() -> None:
+    labels = ["golden retriever", "chat noir", "猫", "كلب", "café-crème (2)", "👩\u200d🍳"]
+    upload = TrainConfig.create("pets", architecture="smallcnn", dataset="upload", class_names=labels)
+    assert upload.validate().class_names == labels  # accepted, in order, not normalised
+    with pytest.raises(InvalidArgument, match=r"labels 2 and 7 are the same \('CHAT NOIR'\)"):
+        validate_class_names([*labels, "CHAT NOIR"])  # the duplicate check still runs over them
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", ["../../etc/passwd", "C:\\Windows\\x.jpg", "a\x00.jpg", "a\nb.jpg", "..jpg"])
 def test_hostile_file_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidArgument, match="unacceptable name"):
         validate_file_name(name, 0)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5])
 def test_split_is_stratified_seeded_and_keeps_every_class_on_both_sides(fraction: float) -> None:
     samples = [
@@ -140,7 +155,7 @@ def test_validation_preprocessing_is_exactly_servings() -> None:
 
 
 def _weights(tmp_path: Path, split: DatasetSplit, cfg: TrainConfig, name: str) -> dict[str, torch.Tensor]:
-    _, weights = run.main(cfg, split, tmp_path / name, runtime=Runtime(loader_workers=0))
+    _, weights = loop.main(cfg, split, tmp_path / name, runtime=Runtime(loader_workers=0))
     return weights
 
 
@@ -162,7 +177,7 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(
     # With a DataLoader worker process: its random seeds must come back from the checkpoint too.
     cfg = config(epochs=2, patience=10)
     runtime = Runtime(loader_workers=1)
-    straight, straight_weights = run.main(cfg, digits_split, tmp_path / "straight", runtime=runtime)
+    straight, straight_weights = loop.main(cfg, digits_split, tmp_path / "straight", runtime=runtime)
     steps = 0
 
     def crash_in_epoch_two() -> None:
@@ -172,10 +187,10 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run.main(cfg, digits_split, tmp_path / "resumed", runtime=runtime, check=crash_in_epoch_two)
-    assert checkpoints.load_checkpoint(tmp_path / "resumed")["epoch"] == 1  # type: ignore[index]
+        loop.main(cfg, digits_split, tmp_path / "resumed", runtime=runtime, check=crash_in_epoch_two)
+    assert resume.load_checkpoint(tmp_path / "resumed")["epoch"] == 1  # type: ignore[index]
     events: list[str] = []
-    resumed, resumed_weights = run.main(
+    resumed, resumed_weights = loop.main(
         cfg, digits_split, tmp_path / "resumed", runtime=runtime, report=lambda e: events.append(e.message)
     )
     assert "resumed after epoch 1" in events
@@ -188,19 +203,20 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(
     tmp_path: Path, digits_split: DatasetSplit
 ) -> None:
     # A learning rate this small cannot improve on the first epoch's accuracy within one more epoch.
-    evaluation, _ = run.main(config(epochs=6, patience=1, lr=1e-9), digits_split, tmp_path, runtime=Runtime())
+    evaluation, _ = loop.main(
+        config(epochs=6, patience=1, lr=1e-9), digits_split, tmp_path, runtime=Runtime()
+    )
     assert evaluation.epochs_run < 6
     assert evaluation.best_epoch == 1
 
 
 def test_a_checkpoint_that_needs_unpickling_code_is_refused(tmp_path: Path) -> None:
-    torch.save(
-        {"epoch": 1, "model": {}, "payload": Path("/etc/passwd")}, tmp_path / checkpoints.CHECKPOINT_FILE
-    )
+    torch.save({"epoch": 1, "model": {}, "payload": Path("/etc/passwd")}, tmp_path / resume.CHECKPOINT_FILE)
     with pytest.raises(InvalidCheckpoint, match="unreadable"):
-        checkpoints.load_checkpoint(tmp_path)
+        resume.load_checkpoint(tmp_path)
 
 
+@pytest.mark.fast
 def test_metrics_per_class_confusion_matrix_and_pngs() -> None:
     evaluation = evaluate_predictions(
         [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0], ["cat", "dog", "bird"], loss=0.5

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_trainer_support import digits_spec, running_trainer, trainer_settings, wait_for
-from trainer_svc.food101 import load_food101
+from tests.support.trainer import digits_spec, running_trainer, trainer_settings, wait_for
+from trainer_svc.training.food101 import load_food101
 from vision.errors import InvalidArgument, NotReady
 from vision.models.store import ModelStore
 from vision.v1 import trainer_pb2

@@ -1,9 +1,12 @@
-"""`vision train DIR` and `vision food101`: the trainer's pipeline in this process, with a progress bar.
+"""The trainer's `vision` subcommands (entry point group ``vision.commands``): `vision train DIR`,
+`vision food101` and `vision datasets digits DIR`.
 
-Same code path as a trainer_svc job (TrainConfig -> run.main -> write_final -> publish_final): the model
-lands in the model store as the next version of ``--model-name``, where the running services pick it up.
+Training runs the trainer's pipeline in this process, with a progress bar: the same code path as a
+trainer_svc job (TrainConfig -> training.loop.main -> write_final -> publish_final), so the model lands in
+the model store as the next version of ``--model-name``, where the running services pick it up.
 ``--work-dir`` keeps the checkpoint: run the same command again after an interruption and it resumes.
-Argument parsing imports nothing heavy; torch loads only when a command runs.
+Options left out take `TrainConfig`'s defaults. Argument parsing imports nothing heavy; torch loads only
+when a command runs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from trainer_svc.config import TrainerSettings
+from trainer_svc.training.config import FOOD101_HANDLE, TrainConfig
+from vision.choices import ARCHITECTURES, OPTIMIZERS
+
+SETTINGS = TrainerSettings.model_fields
+
 
 def _flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
     parser.add_argument(
@@ -24,64 +33,88 @@ def _flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
     )
 
 
-def _common(parser: argparse.ArgumentParser, default_name: str, default_arch: str) -> None:
+def _training_options(parser: argparse.ArgumentParser, default_name: str, default_arch: str | None) -> None:
+    """The TrainConfig options; each left out (None) takes TrainConfig's default."""
     parser.add_argument(
         "--model-name", default=default_name, help=f"model to publish a version of ({default_name})"
     )
-    parser.add_argument("--arch", default=default_arch, choices=("resnet18", "resnet50", "smallcnn"))
+    arch_help = f"architecture ({default_arch or ARCHITECTURES.default})"
+    parser.add_argument("--arch", default=default_arch, choices=ARCHITECTURES.names, help=arch_help)
     _flag(parser, "pretrained", "start from ImageNet weights (default: yes, except smallcnn)")
     _flag(parser, "freeze-backbone", "train only the new head (default: when pretrained)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
-    parser.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
-    parser.add_argument("--val-split", type=float, default=0.2, help="validation share when splitting (0.2)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (5)")
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--epochs", type=int, help=f"epochs ({TrainConfig.epochs})")
+    parser.add_argument("--batch-size", type=int, help=f"images per step ({TrainConfig.batch_size})")
+    parser.add_argument("--lr", type=float, help=f"learning rate ({TrainConfig.lr:g})")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS.names, help=f"optimizer ({OPTIMIZERS.default})")
+    parser.add_argument("--img-size", type=int, help=f"square input side in pixels ({TrainConfig.img_size})")
+    parser.add_argument(
+        "--val-split", type=float, help=f"validation share when splitting ({TrainConfig.val_fraction})"
+    )
+    parser.add_argument("--seed", type=int, help=f"random seed ({TrainConfig.seed})")
+    parser.add_argument(
+        "--patience", type=int, help=f"early-stopping patience in epochs ({TrainConfig.patience})"
+    )
+    parser.add_argument(
+        "--label-smoothing", type=float, help=f"label smoothing of the loss ({TrainConfig.label_smoothing})"
+    )
     _flag(parser, "hflip", "random horizontal flips in augmentation (default: on)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (2)")
+    parser.add_argument(
+        "--device", default=SETTINGS["device"].default, help="auto (CUDA when present), cpu, cuda:N"
+    )
+    workers = SETTINGS["loader_workers"].default
+    parser.add_argument(
+        "--workers", type=int, default=workers, help=f"DataLoader worker processes ({workers})"
+    )
     parser.add_argument(
         "--work-dir", type=Path, help="checkpoint directory; reuse it to resume (default: temp)"
     )
-    parser.add_argument("--min-per-class", type=int, default=5, help="fewest images a class may have (5)")
+    fewest = SETTINGS["min_images_per_class"].default
+    parser.add_argument(
+        "--min-per-class", type=int, default=fewest, help=f"fewest images a class may have ({fewest})"
+    )
 
 
-def add_train_parsers(sub: Any, store_dir: argparse.ArgumentParser) -> None:
-    """Add `train` and `food101` to the `vision` command's subparsers."""
+def add_commands(sub: Any, store_dir: argparse.ArgumentParser) -> None:
+    """Add `train`, `food101` and `datasets` to the `vision` command's subparsers (``store_dir``: the parent
+    parser with --model-dir)."""
     train = sub.add_parser(
         "train", parents=[store_dir], help="train a classifier on an ImageFolder directory"
     )
     train.add_argument(
         "data_dir", type=Path, help="DIR/<class>/*.jpg, or DIR/train/<class> + DIR/val/<class>"
     )
-    _common(train, "custom", "resnet18")
+    _training_options(train, "custom", None)
     train.set_defaults(func=cmd_train)
     food = sub.add_parser(
         "food101", parents=[store_dir], help="train on Food-101 (downloaded with kagglehub)"
     )
-    _common(food, "food101", "resnet50")
+    _training_options(food, "food101", "resnet50")
     food.add_argument(
         "--max-images-per-class", type=int, default=0, help="cap per class for quick runs (0: all)"
     )
-    food.add_argument("--handle", default="dansbecker/food-101", help="kagglehub dataset handle")
+    food.add_argument("--handle", default=FOOD101_HANDLE, help="kagglehub dataset handle")
     food.add_argument(
         "--cache-dir", type=Path, help="kagglehub cache (default: $KAGGLEHUB_CACHE or ~/.cache)"
     )
     food.set_defaults(func=cmd_food101)
+    datasets = sub.add_parser("datasets", help="write small example datasets").add_subparsers(
+        dest="datasets", required=True
+    )
+    digits = datasets.add_parser(
+        "digits", help="scikit-learn's 8x8 digits, upscaled, as an ImageFolder (to try training offline)"
+    )
+    digits.add_argument("out_dir", type=Path, help="written as OUT_DIR/<digit>/<n>.png")
+    digits.add_argument("--size", type=int, default=32, help="image side in pixels (32)")
+    digits.add_argument("--per-class", type=int, default=0, help="images per class (default: all, ~180)")
+    digits.set_defaults(func=cmd_digits)
 
 
-def _config(args: argparse.Namespace, dataset: str, **extra: Any) -> Any:
-    from trainer_svc.train_config import TrainConfig
-
-    pretrained = args.pretrained if args.pretrained is not None else args.arch != "smallcnn"
-    return TrainConfig(
-        model_name=args.model_name,
+def _config(args: argparse.Namespace, dataset: str, **extra: Any) -> TrainConfig:
+    return TrainConfig.create(
+        args.model_name,
         architecture=args.arch,
-        pretrained=pretrained,
-        freeze_backbone=args.freeze_backbone if args.freeze_backbone is not None else pretrained,
+        pretrained=args.pretrained,
+        freeze_backbone=args.freeze_backbone,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -91,27 +124,28 @@ def _config(args: argparse.Namespace, dataset: str, **extra: Any) -> Any:
         patience=args.patience,
         label_smoothing=args.label_smoothing,
         img_size=args.img_size,
-        horizontal_flip=args.hflip is not False,
+        horizontal_flip=args.hflip,
         dataset=dataset,
         **extra,
     ).validate()
 
 
-def _require_trainer_extra() -> None:
+def _require_trainer_extra(*modules: str) -> None:
     import importlib.util
 
     from vision.errors import VisionError
 
-    missing = [
-        m for m in ("sklearn", "matplotlib", "tqdm", "kagglehub") if importlib.util.find_spec(m) is None
-    ]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise VisionError(f"training needs {', '.join(missing)}: pip install 'vision-mesh[trainer]'")
+        raise VisionError(f"this command needs {', '.join(missing)}: pip install 'vision-mesh[trainer]'")
+
+
+TRAINING_MODULES = ("sklearn", "matplotlib", "tqdm", "kagglehub")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    _require_trainer_extra()
-    from trainer_svc.data import load_image_folder
+    _require_trainer_extra(*TRAINING_MODULES)
+    from trainer_svc.training.data import load_image_folder
 
     config = _config(args, "image_folder", dataset_path=str(args.data_dir.resolve()))
     split = load_image_folder(args.data_dir, config.val_fraction, config.seed, args.min_per_class)
@@ -119,8 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_food101(args: argparse.Namespace) -> int:
-    _require_trainer_extra()
-    from trainer_svc.food101 import load_food101
+    _require_trainer_extra(*TRAINING_MODULES)
+    from trainer_svc.training.food101 import load_food101
 
     config = _config(args, "food101", max_images_per_class=args.max_images_per_class)
     split = load_food101(
@@ -129,11 +163,20 @@ def cmd_food101(args: argparse.Namespace) -> int:
     return _train(config, split, args)
 
 
-def _train(config: Any, split: Any, args: argparse.Namespace) -> int:
-    from trainer_svc import run
-    from trainer_svc.evaluation import metrics_table
+def cmd_digits(args: argparse.Namespace) -> int:
+    _require_trainer_extra("sklearn")
+    from trainer_svc.demo_data import write_image_folder
+
+    write_image_folder(args.out_dir, args.size, args.per_class)
+    print(f"wrote the scikit-learn digits to {args.out_dir}")
+    return 0
+
+
+def _train(config: TrainConfig, split: Any, args: argparse.Namespace) -> int:
     from trainer_svc.progress_bar import ProgressBar
-    from trainer_svc.publishing import (
+    from trainer_svc.training import loop
+    from trainer_svc.training.evaluation import metrics_table
+    from trainer_svc.training.publishing import (
         CONFUSION_PNG,
         CURVES_PNG,
         ensure_imagenet,
@@ -141,14 +184,13 @@ def _train(config: Any, split: Any, args: argparse.Namespace) -> int:
         publish_final,
         write_final,
     )
-    from trainer_svc.training import Runtime
     from vision.models.devices import resolve_device
     from vision.models.store import ModelStore
 
     store = ModelStore(args.model_dir)
     imagenet = imagenet_state(ensure_imagenet(store, config.architecture)) if config.pretrained else None
     workdir = args.work_dir or Path(tempfile.mkdtemp(prefix="vision-train-"))
-    runtime = Runtime(
+    runtime = loop.Runtime(
         device=resolve_device(args.device), loader_workers=args.workers, progress_interval_s=0.2
     )
     print(
@@ -157,7 +199,7 @@ def _train(config: Any, split: Any, args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     with ProgressBar() as bar:
-        evaluation, weights = run.main(
+        evaluation, weights = loop.main(
             config, split, workdir / "train", runtime=runtime, imagenet_state=imagenet, report=bar
         )
     job_id = f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from trainer_svc.training.config import FOOD101_HANDLE, MAX_CLASSES, MAX_EPOCHS, TrainConfig
 from vision.settings import ServiceSettings, shared
 
 GIB = 1024**3
@@ -26,12 +27,14 @@ class TrainerSettings(ServiceSettings):
     )
     max_upload_files: int = Field(10_000, ge=1, description="Most images in one uploaded dataset.")
     max_upload_bytes: int = Field(2 * GIB, ge=1, description="Most bytes of images in one upload.")
-    max_classes: int = Field(1000, ge=2, description="Most classes in one job.")
+    max_classes: int = Field(MAX_CLASSES, ge=2, description="Most classes in one job.")
     min_images_per_class: int = Field(
         5, ge=2, description="Fewest images a class may have (before the train/validation split)."
     )
-    max_epochs: int = Field(1000, ge=1, description="Largest epochs a job may ask for.")
-    default_patience: int = Field(5, ge=1, description="Early-stopping patience when a job names none.")
+    max_epochs: int = Field(MAX_EPOCHS, ge=1, description="Largest epochs a job may ask for.")
+    default_patience: int = Field(
+        TrainConfig.patience, ge=1, description="Early-stopping patience when a job names none."
+    )
     max_attempts: int = Field(
         3, ge=1, description="Starts of one job (first run + resumes after crashes) before it is failed."
     )
@@ -48,7 +51,7 @@ class TrainerSettings(ServiceSettings):
         description="Mirror of the ImageNet weights (a file named like torchvision's); empty: torchvision's.",
     )
     pretrained_timeout_s: float = Field(10.0, gt=0, description="Network timeout of that download.")
-    food101_handle: str = Field("dansbecker/food-101", description="kagglehub dataset handle of Food-101.")
+    food101_handle: str = Field(FOOD101_HANDLE, description="kagglehub dataset handle of Food-101.")
     kagglehub_cache: Path | None = Field(
         None, description="kagglehub cache directory (KAGGLEHUB_CACHE for jobs); unset: kagglehub's default."
     )

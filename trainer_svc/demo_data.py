@@ -1,12 +1,11 @@
-"""A small real labelled dataset that ships with scikit-learn: the 1,797 8x8 handwritten digits (10 classes),
-upscaled and PNG-encoded, for tests, benchmarks and trying the trainer out offline.
-
-    python -m trainer_svc.digits OUT_DIR [--size 32]     # OUT_DIR/<digit>/<n>.png, an ImageFolder
+"""Demo data, for `vision datasets digits DIR` only (the tests and benchmarks reach it through
+``tests/support/digits.py``): a small real labelled dataset that ships with scikit-learn, the 1,797 8x8
+handwritten digits (10 classes), upscaled and PNG-encoded, to try the trainer out offline. Not used by the
+service itself.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,19 +41,3 @@ def write_image_folder(root: Path, size: int = 32, per_class: int = 0) -> Path:
         (root / name).mkdir(parents=True, exist_ok=True)
         (root / name / f"{n:05d}.png").write_bytes(png)
     return root
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
-    parser.add_argument("--per-class", type=int, default=0, help="images per class (default: all, ~180)")
-    args = parser.parse_args()
-    write_image_folder(args.out_dir, args.size, args.per_class)
-    print(f"wrote the scikit-learn digits to {args.out_dir}")
-
-
-if __name__ == "__main__":
-    main()

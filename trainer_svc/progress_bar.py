@@ -7,7 +7,7 @@ from types import TracebackType
 
 from tqdm import tqdm
 
-from trainer_svc.training import TrainEvent
+from trainer_svc.training.events import TrainEvent
 
 
 class ProgressBar:
@@ -26,7 +26,7 @@ class ProgressBar:
             self._bar.close()
 
     def __call__(self, event: TrainEvent) -> None:
-        if event.kind == "info":
+        if event.kind == "message":
             tqdm.write(event.message, file=sys.stderr)
             return
         if self._bar is None:

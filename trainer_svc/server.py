@@ -7,7 +7,7 @@ import logging
 import grpc
 
 from trainer_svc.config import TrainerSettings
-from trainer_svc.manager import JobManager
+from trainer_svc.jobs.manager import JobManager
 from trainer_svc.servicer import TrainerServicer
 from vision.rpc.server import GrpcServer, create_server
 from vision.v1 import trainer_pb2, trainer_pb2_grpc

@@ -7,26 +7,23 @@ from pathlib import Path
 
 import grpc
 
+from trainer_svc import convert
 from trainer_svc.config import TrainerSettings
-from trainer_svc.data import check_min_per_class, load_image_folder
-from trainer_svc.manager import JobManager
-from trainer_svc.publishing import ensure_imagenet, read_report
-from trainer_svc.results import report_proto
-from trainer_svc.spec import to_config
-from trainer_svc.train_config import TrainConfig
-from trainer_svc.uploads import UploadWriter
+from trainer_svc.jobs.manager import JobManager
+from trainer_svc.jobs.uploads import UploadWriter
+from trainer_svc.training.config import TrainConfig
+from trainer_svc.training.data import check_min_per_class, load_image_folder
+from trainer_svc.training.publishing import ensure_imagenet, read_report
 from vision.errors import Cancelled, InvalidArgument
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+WATCH_POLL_S = 1.0
 
 
 class UploadCancelled(Cancelled):
     """The client went away mid-upload; nothing was kept."""
-
-
-MAX_PAGE_SIZE = 500
-WATCH_POLL_S = 1.0
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
@@ -77,21 +74,22 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("the first CreateJob message must be the JobSpec")
-        config = to_config(first.spec, self._settings)
+        config = convert.job_spec_to_config(first.spec, self._settings)
+        spec = convert.spec_to_json(first.spec)
         counts = self._check_dataset(config)
         if config.dataset != "upload":
             if next(request_iterator, None) is not None:
                 raise InvalidArgument(f"a {config.dataset} job takes no uploaded images")
-            return self._manager.submit(first.spec, config, counts, None).to_proto()
+            return convert.job_proto(self._manager.submit(spec, config, counts, None))
         writer, counts = self._receive_upload(request_iterator, config)
         try:
-            return self._manager.submit(first.spec, config, counts, writer).to_proto()
+            return convert.job_proto(self._manager.submit(spec, config, counts, writer))
         except BaseException:
             writer.abort()
             raise
 
     def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
-        return self._manager.get(request.job_id).to_proto()
+        return convert.job_proto(self._manager.get(request.job_id))
 
     def ListJobs(
         self, request: trainer_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -104,27 +102,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             raise InvalidArgument("page_token is not one this service gave out")
         rows = self._manager.db.page(size, int(token or 0))
         next_token = str(rows[-1].seq) if len(rows) == size and rows[-1].seq > 1 else ""
-        return trainer_pb2.ListJobsResponse(jobs=[row.to_proto() for row in rows], next_page_token=next_token)
+        return trainer_pb2.ListJobsResponse(
+            jobs=[convert.job_proto(row) for row in rows], next_page_token=next_token
+        )
 
     def CancelJob(
         self, request: trainer_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.Job:
-        return self._manager.cancel(request.job_id).to_proto()
+        return convert.job_proto(self._manager.cancel(request.job_id))
 
     def WatchJob(
         self, request: trainer_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.JobEvent]:
         """Every event so far, then new ones as they happen, until the job has ended."""
-        row = self._manager.db.get(request.job_id)
-        if row is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        self._manager.get(request.job_id)  # JobNotFound before the stream starts
         seq = 0
         while context.is_active():
             row = self._manager.db.get(request.job_id)
             events = self._manager.db.events_after(request.job_id, seq)
             for number, event in events:
                 seq = number
-                yield event
+                yield convert.event_proto(request.job_id, event)
             if row is None or row.terminal:  # its final STATE event was committed with the state: sent above
                 return
             if not events:
@@ -136,4 +134,4 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         if not request.model.name:
             raise InvalidArgument("model.name is required: the model whose training report you want")
         version = self._manager.store.get(request.model.name, request.model.version)
-        return report_proto(read_report(version), version)
+        return convert.report_proto(read_report(version), version)

@@ -1,4 +1,4 @@
-"""Helpers shared by the trainer test files (no tests here): a real trainer_svc on loopback with its own
+"""Helpers shared by the trainer test files: a real trainer_svc on loopback with its own
 data directory and model store, CreateJob uploads of real images, and waiting on job states."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from trainer_svc.config import TrainerSettings
-from trainer_svc.manager import JobManager
+from trainer_svc.jobs.manager import JobManager
 from trainer_svc.server import create_trainer_server
 from vision.rpc.server import GrpcServer
 from vision.v1 import trainer_pb2, trainer_pb2_grpc

@@ -1,4 +1,8 @@
-"""The job database (SQLite under the data directory): jobs and every event they emitted.
+"""The job database (SQLite under the data directory, ``jobs.sqlite3``): jobs and every event they emitted.
+
+Everything is stored as plain columns and JSON, readable with the ``sqlite3`` shell: states and event kinds
+as words, the job's `TrainConfig` and result as JSON, the JobSpec as sent as its proto3 JSON form. No
+protobuf blobs: `trainer_svc.convert` turns rows and events into messages.
 
 State changes are conditional updates (``UPDATE ... WHERE state IN (...)``), each in one transaction with
 the STATE event that announces it: a job moves from one state to the next exactly once, whoever asks, and
@@ -13,23 +17,88 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from trainer_svc.training.config import TrainConfig
+from trainer_svc.training.evaluation import Evaluation
+from trainer_svc.training.events import TrainEvent
 
-from vision.v1 import trainer_pb2
+DB_FILE = "jobs.sqlite3"
+SCHEMA_VERSION = 1
 
-S = trainer_pb2
-TERMINAL = (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED)
-UNFINISHED = (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING)
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+
+
+class EventKind(StrEnum):
+    STATE = "state"  # the job changed state
+    PROGRESS = "progress"  # periodic, within an epoch
+    EPOCH = "epoch"  # end of an epoch, with validation metrics
+    MESSAGE = "message"  # a note: dataset summary, resumed, early stop, worker died
+
+
+@dataclass
+class JobEvent(TrainEvent):
+    """A `TrainEvent` as the job recorded it: with the job's state and the time it was recorded."""
+
+    state: JobState = JobState.RUNNING
+    time: float = 0.0
+
+
+_TRAIN_FIELDS = tuple(f.name for f in fields(TrainEvent) if f.name != "kind")
+
+
+@dataclass
+class JobResult:
+    """What a succeeded job published: the model version and its validation evaluation."""
+
+    model_name: str
+    model_version: str
+    evaluation: Evaluation
+
+
+@dataclass
+class JobRow:
+    id: str
+    seq: int
+    state: JobState
+    spec: dict[str, Any]  # the JobSpec as sent, proto3 JSON form (trainer_svc.convert)
+    config: TrainConfig
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    epoch: int
+    total_epochs: int
+    error: str
+    class_counts: dict[str, int]
+    result: JobResult | None
+    progress: JobEvent | None  # the newest progress or epoch event
+    attempts: int
+    cancel_requested: bool
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
-    state INTEGER NOT NULL,
-    spec BLOB NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
     config TEXT NOT NULL,
     created_at REAL NOT NULL,
     started_at REAL,
@@ -38,8 +107,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     total_epochs INTEGER NOT NULL,
     error TEXT NOT NULL DEFAULT '',
     class_counts TEXT NOT NULL DEFAULT '{}',
-    result BLOB,
-    progress BLOB,
+    result TEXT,
+    progress TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
@@ -47,60 +116,66 @@ CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    event BLOB NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    details TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 );
 """
+_COLUMNS = (
+    "id, seq, state, spec, config, created_at, started_at, finished_at, epoch, total_epochs, error, "
+    "class_counts, result, progress, attempts, cancel_requested"
+)
 
 
-def timestamp(seconds: float | None) -> Timestamp:
-    stamp = Timestamp()
-    if seconds:
-        stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+def event_to_json(event: JobEvent) -> str:
+    return json.dumps(asdict(event))
 
 
-@dataclass
-class JobRow:
-    id: str
-    seq: int
-    state: int
-    spec: bytes
-    config: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    epoch: int
-    total_epochs: int
-    error: str
-    class_counts: str
-    result: bytes | None
-    progress: bytes | None
-    attempts: int
-    cancel_requested: int
+def event_from_json(text: str) -> JobEvent:
+    data = json.loads(text)
+    return JobEvent(**{**data, "state": JobState(data["state"])})
 
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
 
-    def to_proto(self) -> trainer_pb2.Job:
-        job = trainer_pb2.Job(
-            id=self.id,
-            state=self.state,  # type: ignore[arg-type]
-            spec=trainer_pb2.JobSpec.FromString(self.spec),
-            created_at=timestamp(self.created_at),
-            started_at=timestamp(self.started_at),
-            finished_at=timestamp(self.finished_at),
-            epoch=self.epoch,
-            total_epochs=self.total_epochs,
-            error=self.error,
-            class_counts=json.loads(self.class_counts),
-        )
-        if self.result:
-            job.result.ParseFromString(self.result)
-        if self.progress:
-            job.progress.ParseFromString(self.progress)
-        return job
+def _details(event: JobEvent) -> str:
+    """The event's numbers and message, only those that are set."""
+    defaults = JobEvent("")
+    return json.dumps(
+        {k: getattr(event, k) for k in _TRAIN_FIELDS if getattr(event, k) != getattr(defaults, k)}
+    )
+
+
+def _result_to_json(result: JobResult) -> str:
+    return json.dumps({**asdict(result), "evaluation": result.evaluation.to_dict()})
+
+
+def _result_from_json(text: str) -> JobResult:
+    data = json.loads(text)
+    return JobResult(data["model_name"], data["model_version"], Evaluation.from_dict(data["evaluation"]))
+
+
+def _row(values: tuple[Any, ...]) -> JobRow:
+    (job_id, seq, state, spec, config, created, started, finished, epoch, total, error, counts, result,
+     progress, attempts, cancel) = values  # fmt: skip
+    return JobRow(
+        id=job_id,
+        seq=seq,
+        state=JobState(state),
+        spec=json.loads(spec),
+        config=TrainConfig.from_dict(json.loads(config)),
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
+        epoch=epoch,
+        total_epochs=total,
+        error=error,
+        class_counts=json.loads(counts),
+        result=_result_from_json(result) if result else None,
+        progress=event_from_json(progress) if progress else None,
+        attempts=attempts,
+        cancel_requested=bool(cancel),
+    )
 
 
 class JobDB:
@@ -109,20 +184,27 @@ class JobDB:
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            self._conn.close()
+            raise RuntimeError(
+                f"{path} has job database format {version}; this trainer reads {SCHEMA_VERSION}"
+            )
         self._conn.executescript(_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def _rows(self, sql: str, args: Iterable[object] = ()) -> list[JobRow]:
+    def _rows(self, where: str, args: Iterable[object] = ()) -> list[JobRow]:
         with self._lock:
-            cursor = self._conn.execute(sql, tuple(args))
-            return [JobRow(*row) for row in cursor.fetchall()]
+            cursor = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs {where}", tuple(args))
+            return [_row(values) for values in cursor.fetchall()]
 
     def insert(
-        self, job_id: str, spec: bytes, config: str, total_epochs: int, class_counts: dict[str, int]
+        self, job_id: str, spec: dict[str, Any], config: TrainConfig, class_counts: dict[str, int]
     ) -> None:
         """A new QUEUED job, with its first STATE event."""
         now = time.time()
@@ -132,40 +214,47 @@ class JobDB:
             self._conn.execute(
                 "INSERT INTO jobs (id, seq, state, spec, config, created_at, total_epochs, class_counts) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, seq, S.JOB_STATE_QUEUED, spec, config, now, total_epochs, json.dumps(class_counts)),
+                (
+                    job_id,
+                    seq,
+                    JobState.QUEUED.value,
+                    json.dumps(spec),
+                    json.dumps(config.to_dict()),
+                    now,
+                    config.epochs,
+                    json.dumps(class_counts),
+                ),
             )
-            self._add_event(job_id, _state_event(job_id, S.JOB_STATE_QUEUED, total_epochs, "queued"))
+            self._add_event(job_id, _state_event(JobState.QUEUED, config.epochs, "queued"))
 
     def get(self, job_id: str) -> JobRow | None:
-        rows = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = self._rows("WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
     def page(self, limit: int, before_seq: int = 0) -> list[JobRow]:
         """Newest first, ``limit`` jobs created before ``before_seq`` (0: from the newest)."""
         if before_seq:
-            return self._rows(
-                "SELECT * FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before_seq, limit)
-            )
-        return self._rows("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+            return self._rows("WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before_seq, limit))
+        return self._rows("ORDER BY seq DESC LIMIT ?", (limit,))
 
     def unfinished(self) -> list[JobRow]:
-        return self._rows("SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY seq", UNFINISHED)
+        return self._rows("WHERE state IN (?, ?) ORDER BY seq", UNFINISHED)
 
     def transition(
         self,
         job_id: str,
-        from_states: tuple[int, ...],
-        to_state: int,
+        from_states: tuple[JobState, ...],
+        to_state: JobState,
         *,
         message: str = "",
         error: str | None = None,
-        result: bytes | None = None,
+        result: JobResult | None = None,
     ) -> bool:
         """Move ``job_id`` to ``to_state`` if it is in one of ``from_states``; True if it moved."""
         now = time.time()
         sets = ["state = ?"]
-        args: list[object] = [to_state]
-        if to_state == S.JOB_STATE_RUNNING:
+        args: list[object] = [to_state.value]
+        if to_state == JobState.RUNNING:
             sets.append("started_at = COALESCE(started_at, ?)")
             args.append(now)
         if to_state in TERMINAL:
@@ -176,59 +265,70 @@ class JobDB:
             args.append(error)
         if result is not None:
             sets.append("result = ?")
-            args.append(result)
+            args.append(_result_to_json(result))
         marks = ",".join("?" * len(from_states))
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             cursor = self._conn.execute(
                 f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({marks})",
-                (*args, job_id, *from_states),
+                (*args, job_id, *(s.value for s in from_states)),
             )
             if cursor.rowcount != 1:
                 return False
             total = self._conn.execute("SELECT total_epochs FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-            self._add_event(job_id, _state_event(job_id, to_state, total, message or error or ""))
+            self._add_event(job_id, _state_event(to_state, total, message or error or ""))
             return True
 
-    def update(self, job_id: str, **fields: object) -> None:
-        """Set plain columns (attempts, cancel_requested, error, class_counts ...)."""
-        names = ", ".join(f"{name} = ?" for name in fields)
-        with self._lock, self._conn:
-            self._conn.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
+    def set_class_counts(self, job_id: str, counts: dict[str, int]) -> None:
+        self._update(job_id, class_counts=json.dumps(counts))
 
-    def add_event(self, event: trainer_pb2.JobEvent) -> None:
+    def set_attempts(self, job_id: str, attempts: int) -> None:
+        self._update(job_id, attempts=attempts)
+
+    def request_cancel(self, job_id: str) -> None:
+        self._update(job_id, cancel_requested=1)
+
+    def _update(self, job_id: str, **columns: object) -> None:
+        names = ", ".join(f"{name} = ?" for name in columns)
+        with self._lock, self._conn:
+            self._conn.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*columns.values(), job_id))
+
+    def add_event(self, job_id: str, event: JobEvent) -> None:
         """Append an event; progress and epoch events also become the job's current progress."""
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._add_event(event.job_id, event)
-            if event.kind in (S.JobEvent.KIND_PROGRESS, S.JobEvent.KIND_EPOCH):
-                completed = event.epoch if event.kind == S.JobEvent.KIND_EPOCH else event.epoch - 1
+            event = self._add_event(job_id, event)
+            if event.kind in (EventKind.PROGRESS, EventKind.EPOCH):
+                completed = event.epoch if event.kind == EventKind.EPOCH else event.epoch - 1
                 self._conn.execute(
                     "UPDATE jobs SET progress = ?, epoch = MAX(epoch, ?) WHERE id = ?",
-                    (event.SerializeToString(), completed, event.job_id),
+                    (event_to_json(event), completed, job_id),
                 )
 
-    def _add_event(self, job_id: str, event: trainer_pb2.JobEvent) -> None:
-        if not event.HasField("time"):
-            event.time.GetCurrentTime()
+    def _add_event(self, job_id: str, event: JobEvent) -> JobEvent:
+        if not event.time:
+            event.time = time.time()
         seq = self._conn.execute(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
         ).fetchone()[0]
-        self._conn.execute("INSERT INTO events VALUES (?, ?, ?)", (job_id, seq, event.SerializeToString()))
+        self._conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, seq, event.time, event.kind, event.state.value, _details(event)),
+        )
+        return event
 
-    def events_after(self, job_id: str, seq: int) -> list[tuple[int, trainer_pb2.JobEvent]]:
+    def events_after(self, job_id: str, seq: int) -> list[tuple[int, JobEvent]]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, event FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, seq)
+                "SELECT seq, time, kind, state, details FROM events "
+                "WHERE job_id = ? AND seq > ? ORDER BY seq",
+                (job_id, seq),
             ).fetchall()
-        return [(s, trainer_pb2.JobEvent.FromString(blob)) for s, blob in rows]
+        return [
+            (number, JobEvent(kind, state=JobState(state), time=at, **json.loads(details)))
+            for number, at, kind, state, details in rows
+        ]
 
 
-def _state_event(job_id: str, state: int, total_epochs: int, message: str) -> trainer_pb2.JobEvent:
-    return trainer_pb2.JobEvent(
-        job_id=job_id,
-        kind=S.JobEvent.KIND_STATE,
-        state=state,  # type: ignore[arg-type]
-        total_epochs=total_epochs,
-        message=message,
-    )
+def _state_event(state: JobState, total_epochs: int, message: str) -> JobEvent:
+    return JobEvent(EventKind.STATE, total_epochs=total_epochs, message=message, state=state)

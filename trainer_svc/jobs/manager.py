@@ -10,7 +10,6 @@ is resumed the same way, up to ``max_attempts`` starts, then the job fails with 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import shutil
 import threading
@@ -21,20 +20,19 @@ from typing import Any
 import torch
 
 from trainer_svc.config import TrainerSettings
-from trainer_svc.jobdb import JobDB, JobRow
-from trainer_svc.records import JobRecords
-from trainer_svc.supervisor import WorkerHandle, describe_exit, worker_args
-from trainer_svc.train_config import TrainConfig
-from trainer_svc.uploads import UploadLimits, UploadWriter
-from trainer_svc.worker import DATASET_DIR
+from trainer_svc.jobs.database import DB_FILE, JobDB, JobRow, JobState
+from trainer_svc.jobs.records import JobRecords
+from trainer_svc.jobs.supervisor import WorkerHandle, describe_exit, worker_args
+from trainer_svc.jobs.uploads import UploadLimits, UploadWriter
+from trainer_svc.jobs.worker import DATASET_DIR
+from trainer_svc.training.config import TrainConfig
 from vision.errors import Conflict, NotFound
 from vision.models.devices import resolve_device
 from vision.models.store import ModelStore
-from vision.v1 import trainer_pb2
 
 log = logging.getLogger(__name__)
-S = trainer_pb2
-RUNNING, QUEUED = S.JOB_STATE_RUNNING, S.JOB_STATE_QUEUED
+RUNNING, QUEUED = JobState.RUNNING, JobState.QUEUED
+OLD_DB_FILE = "trainer.sqlite3"  # the protobuf-blob format before jobs.sqlite3: not read any more
 
 
 class JobNotFound(NotFound):
@@ -69,7 +67,13 @@ class JobManager:
             raise RuntimeError(
                 f"another trainer_svc already uses the data directory {self.data_dir}"
             ) from None
-        self.db = JobDB(self.data_dir / "trainer.sqlite3")
+        if (self.data_dir / OLD_DB_FILE).exists() and not (self.data_dir / DB_FILE).exists():
+            log.warning(
+                "%s is an older job database format: its job history is not carried over to %s",
+                self.data_dir / OLD_DB_FILE,
+                DB_FILE,
+            )
+        self.db = JobDB(self.data_dir / DB_FILE)
         self.records = JobRecords(self.db, self.store, self.jobs_dir, keep_job_files=settings.keep_job_files)
         self.slots = device_slots(settings.device)
         self._free = list(reversed(self.slots))
@@ -92,7 +96,7 @@ class JobManager:
                     shutil.rmtree(path, ignore_errors=True)
         for row in sorted(unfinished, key=lambda r: (r.state != RUNNING, r.seq)):
             if row.state == RUNNING and row.cancel_requested:
-                self.records.finish(row.id, S.JOB_STATE_CANCELLED, message="cancelled")
+                self.records.finish(row.id, JobState.CANCELLED, message="cancelled")
                 continue
             if row.state == RUNNING:
                 log.info("job %s was interrupted: it resumes from its last checkpoint", row.id)
@@ -109,7 +113,7 @@ class JobManager:
             handle.stop()
             row = self.db.get(handle.args.job_id)
             if row is not None:  # stopped by us, not crashed: this start does not count towards max_attempts
-                self.db.update(row.id, attempts=max(0, row.attempts - 1))
+                self.db.set_attempts(row.id, max(0, row.attempts - 1))
         self._thread.join(5)
         self.db.close()
         self._lock_file.close()
@@ -123,18 +127,19 @@ class JobManager:
 
     def submit(
         self,
-        spec: trainer_pb2.JobSpec,
+        spec: dict[str, Any],
         config: TrainConfig,
         class_counts: dict[str, int],
         upload: UploadWriter | None,
     ) -> JobRow:
-        """Record a QUEUED job (its uploaded images moved under the job first) and wake the scheduler."""
+        """Record a QUEUED job (its uploaded images moved under the job first) and wake the scheduler.
+
+        ``spec`` is the request as sent (kept to show it back), ``config`` the validated run it asks for.
+        """
         job_id = uuid.uuid4().hex[:16]
         if upload is not None:
             upload.commit(self.jobs_dir / job_id / DATASET_DIR)
-        self.db.insert(
-            job_id, spec.SerializeToString(), json.dumps(config.to_dict()), config.epochs, class_counts
-        )
+        self.db.insert(job_id, spec, config, class_counts)
         with self._cond:
             self._queue.append(job_id)
             self._cond.notify_all()
@@ -151,16 +156,14 @@ class JobManager:
         """Queued: cancelled at once. Running: asked to stop at its next step (killed after a grace)."""
         row = self.get(job_id)
         if row.terminal:
-            raise JobConflict(
-                f"job {job_id} already {S.JobState.Name(row.state)[10:].lower()}: nothing to cancel"
-            )  # type: ignore[arg-type]
+            raise JobConflict(f"job {job_id} already {row.state.value}: nothing to cancel")
         with self._cond:
-            self.db.update(job_id, cancel_requested=1)
+            self.db.request_cancel(job_id)
             handle = self._running.get(job_id)
             if handle is None:
                 if job_id in self._queue:
                     self._queue.remove(job_id)
-                self.records.finish(job_id, S.JOB_STATE_CANCELLED, message="cancelled before it started")
+                self.records.finish(job_id, JobState.CANCELLED, message="cancelled before it started")
         if handle is not None:
             handle.cancel(self.settings.cancel_grace_s)
         return self.get(job_id)
@@ -183,7 +186,7 @@ class JobManager:
                 started = self._launch(job_id, slot)
             except Exception as exc:
                 log.exception("job %s could not start", job_id)
-                self.records.finish(job_id, S.JOB_STATE_FAILED, error=f"the job could not start: {exc}")
+                self.records.finish(job_id, JobState.FAILED, error=f"the job could not start: {exc}")
                 started = False
             if not started:
                 self._release(slot)
@@ -198,15 +201,14 @@ class JobManager:
         row = self.db.get(job_id)
         if row is None or row.terminal:
             return False
-        config = TrainConfig.from_dict(json.loads(row.config))
         workdir = self.jobs_dir / job_id
-        if self.records.already_trained(row, config):
-            self.records.publish(row, config)  # trained before a restart: publish, never train again
+        if self.records.already_trained(row):
+            self.records.publish(row)  # trained before a restart: publish, never train again
             return False
         if row.attempts >= self.settings.max_attempts:
             self.records.finish(
                 job_id,
-                S.JOB_STATE_FAILED,
+                JobState.FAILED,
                 error=f"gave up after {row.attempts} start(s) without finishing",
             )
             return False
@@ -214,9 +216,9 @@ class JobManager:
             current = self.db.get(job_id)
             if self._stopping or current is None or current.terminal or current.cancel_requested:
                 if current is not None and current.cancel_requested:
-                    self.records.finish(job_id, S.JOB_STATE_CANCELLED, message="cancelled")
+                    self.records.finish(job_id, JobState.CANCELLED, message="cancelled")
                 return False
-            self.db.update(job_id, attempts=row.attempts + 1)
+            self.db.set_attempts(job_id, row.attempts + 1)
             if row.state == QUEUED:
                 self.db.transition(job_id, (QUEUED,), RUNNING, message=f"running on {slot}")
             else:
@@ -224,7 +226,7 @@ class JobManager:
                     job_id, f"resuming on {slot} from the last checkpoint (start {row.attempts + 1})"
                 )
             self._running[job_id] = WorkerHandle(
-                worker_args(self.settings, job_id, config, workdir, slot),
+                worker_args(self.settings, job_id, row.config, workdir, slot),
                 on_message=lambda message: self.records.worker_message(job_id, message),
                 on_exit=lambda outcome, code: self._on_exit(job_id, slot, outcome, code),
             )
@@ -247,16 +249,16 @@ class JobManager:
         row = self.get(job_id)
         kind = (outcome or {}).get("type")
         if kind == "done":
-            self.records.publish(row, TrainConfig.from_dict(json.loads(row.config)))
+            self.records.publish(row)
         elif row.cancel_requested or kind == "cancelled":
-            self.records.finish(job_id, S.JOB_STATE_CANCELLED, message="cancelled")
+            self.records.finish(job_id, JobState.CANCELLED, message="cancelled")
         elif kind == "failed":
-            self.records.finish(job_id, S.JOB_STATE_FAILED, error=str(outcome["reason"]))  # type: ignore[index]
+            self.records.finish(job_id, JobState.FAILED, error=str(outcome["reason"]))  # type: ignore[index]
         else:
             reason = f"the training process {describe_exit(exitcode)}"
             if row.attempts >= self.settings.max_attempts:
                 self.records.finish(
-                    job_id, S.JOB_STATE_FAILED, error=f"{reason}; gave up after {row.attempts} start(s)"
+                    job_id, JobState.FAILED, error=f"{reason}; gave up after {row.attempts} start(s)"
                 )
                 return
             self.records.note(job_id, f"{reason}; resuming from the last checkpoint")

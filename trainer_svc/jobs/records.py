@@ -6,24 +6,20 @@ whoever tries) and `publish` (idempotent: a job whose version is in the store is
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from trainer_svc.jobdb import JobDB, JobRow
-from trainer_svc.publishing import FINAL_DIR, find_published, publish_final
-from trainer_svc.results import job_result, train_event_proto
-from trainer_svc.train_config import TrainConfig
+from trainer_svc.jobs.database import UNFINISHED, EventKind, JobDB, JobEvent, JobResult, JobRow, JobState
+from trainer_svc.training.events import TrainEvent
+from trainer_svc.training.publishing import FINAL_DIR, find_published, publish_final, read_report
 from vision.errors import VisionError
 from vision.models.store import ModelStore
-from vision.v1 import trainer_pb2
 
 log = logging.getLogger(__name__)
-S = trainer_pb2
-UNFINISHED = (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING)
 
 
 class JobRecords:
@@ -42,58 +38,64 @@ class JobRecords:
             self._changed.notify_all()
 
     def worker_message(self, job_id: str, message: dict[str, Any]) -> None:
-        """A worker's event or dataset summary (trainer_svc.worker's pipe protocol)."""
+        """A worker's event or dataset summary (the pipe protocol of `trainer_svc.jobs.worker`)."""
         if message["type"] == "dataset":
-            self.db.update(job_id, class_counts=json.dumps(message["class_counts"]))
+            self.dataset_loaded(job_id, message["class_counts"])
         elif message["type"] == "event":
-            self.db.add_event(train_event_proto(job_id, message))
+            self.train_event(job_id, message["event"])
+
+    def train_event(self, job_id: str, event: TrainEvent) -> None:
+        """A running job's progress, epoch results or note, from its worker."""
+        self.db.add_event(job_id, JobEvent(**asdict(event), state=JobState.RUNNING))
+        self.notify()
+
+    def dataset_loaded(self, job_id: str, class_counts: dict[str, int]) -> None:
+        """The worker counted the job's images per class."""
+        self.db.set_class_counts(job_id, class_counts)
         self.notify()
 
     def note(self, job_id: str, text: str) -> None:
         """A message event on a running job (resumed, worker died ...)."""
-        event = trainer_pb2.JobEvent(
-            job_id=job_id, kind=S.JobEvent.KIND_MESSAGE, state=S.JOB_STATE_RUNNING, message=text
-        )
-        self.db.add_event(event)
+        self.db.add_event(job_id, JobEvent(EventKind.MESSAGE, message=text, state=JobState.RUNNING))
         self.notify()
 
-    def already_trained(self, row: JobRow, config: TrainConfig) -> bool:
+    def already_trained(self, row: JobRow) -> bool:
         """The job's model is published or fully written out: it only needs (re)publishing."""
-        published = find_published(self.store, config.model_name, row.id)
+        published = find_published(self.store, row.config.model_name, row.id)
         return published is not None or (self.jobs_dir / row.id / FINAL_DIR).is_dir()
 
-    def publish(self, row: JobRow, config: TrainConfig) -> None:
+    def publish(self, row: JobRow) -> None:
         """Publish the job's finished model (unless it already is) and mark the job SUCCEEDED."""
+        name = row.config.model_name
         try:
-            version = find_published(self.store, config.model_name, row.id) or publish_final(
-                self.store, self.jobs_dir / row.id / FINAL_DIR, config.model_name, row.id
+            version = find_published(self.store, name, row.id) or publish_final(
+                self.store, self.jobs_dir / row.id / FINAL_DIR, name, row.id
             )
-            result = job_result(version)
+            result = JobResult(version.name, version.version, read_report(version).evaluation)
         except (OSError, VisionError, ValueError, KeyError) as exc:
-            self.finish(row.id, S.JOB_STATE_FAILED, error=f"publishing the model failed: {exc}")
+            self.finish(row.id, JobState.FAILED, error=f"publishing the model failed: {exc}")
             return
         self.finish(
             row.id,
-            S.JOB_STATE_SUCCEEDED,
-            result=result.SerializeToString(),
+            JobState.SUCCEEDED,
+            result=result,
             message=f"published {version.name} version {version.version}",
         )
 
     def finish(
         self,
         job_id: str,
-        state: int,
+        state: JobState,
         *,
         message: str = "",
         error: str | None = None,
-        result: bytes | None = None,
+        result: JobResult | None = None,
     ) -> bool:
         """End an unfinished job in ``state`` and remove its files; False if it had already ended."""
         moved = self.db.transition(job_id, UNFINISHED, state, message=message, error=error, result=result)
         if moved:
             if not self.keep_job_files:
                 shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
-            name = S.JobState.Name(state)[len("JOB_STATE_") :].lower()  # type: ignore[arg-type]
-            log.info("job %s %s %s", job_id, name, error or message)
+            log.info("job %s %s %s", job_id, state.value, error or message)
         self.notify()
         return moved

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer_svc import worker
 from trainer_svc.config import TrainerSettings
-from trainer_svc.train_config import TrainConfig
-from trainer_svc.worker import WorkerArgs
+from trainer_svc.jobs import worker
+from trainer_svc.jobs.worker import WorkerArgs
+from trainer_svc.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 SPAWN = multiprocessing.get_context("spawn")
@@ -47,7 +47,7 @@ def worker_args(s: TrainerSettings, job_id: str, config: TrainConfig, workdir: P
     """What the worker of ``job_id`` on device ``slot`` needs, from the service's settings."""
     return WorkerArgs(
         job_id=job_id,
-        config=config.to_dict(),
+        config=config,
         workdir=str(workdir),
         model_dir=str(s.model_dir.resolve()),
         device=slot,
@@ -55,7 +55,7 @@ def worker_args(s: TrainerSettings, job_id: str, config: TrainConfig, workdir: P
         loader_workers=s.loader_workers,
         torch_threads=s.torch_threads,
         progress_interval_s=s.progress_interval_s,
-        image_limits={"max_bytes": s.max_image_bytes, "max_pixels": s.max_image_pixels},
+        image_limits=s.image_limits,
         min_images_per_class=s.min_images_per_class,
         pretrained_url=s.pretrained_url,
         pretrained_timeout_s=s.pretrained_timeout_s,

@@ -14,13 +14,23 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from trainer_svc.train_config import validate_file_name
+from trainer_svc.training.config import validate_file_name
 from vision.errors import InvalidArgument, InvalidImage, LimitExceeded
 from vision.image.decode import ImageLimits, decode_image, sniff_format
-from vision.v1 import trainer_pb2
 
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
+
+
+class ImageChunk(Protocol):
+    """A piece of one uploaded file (CreateJob's ImageChunk message has these fields)."""
+
+    file_index: int
+    class_name: str
+    file_name: str
+    data: bytes
+    last: bool
 
 
 class UploadTooLarge(LimitExceeded):
@@ -50,7 +60,7 @@ class UploadWriter:
         self._class = ""
         self._buffer = bytearray()
 
-    def add(self, chunk: trainer_pb2.ImageChunk) -> None:
+    def add(self, chunk: ImageChunk) -> None:
         if self._current is None:
             self._begin(chunk)
         elif chunk.file_index != self._current:
@@ -69,7 +79,7 @@ class UploadWriter:
         if chunk.last:
             self._finish_file()
 
-    def _begin(self, chunk: trainer_pb2.ImageChunk) -> None:
+    def _begin(self, chunk: ImageChunk) -> None:
         index = chunk.file_index
         validate_file_name(chunk.file_name, index)
         if chunk.class_name not in self.class_index:

@@ -1,10 +1,11 @@
-"""The process one job trains in (started with multiprocessing's 'spawn' context by trainer_svc.supervisor).
+"""The process one job trains in (started with multiprocessing's 'spawn' context by `jobs.supervisor`).
 
 It loads the dataset, trains (resuming from the job's checkpoint when there is one), writes the finished
-model to ``<workdir>/final`` and says so. Everything it tells the service goes through one pipe as plain
-dicts: ``{"type": "event", ...TrainEvent}``, ``{"type": "dataset", "class_counts": {...}}`` and finally one
-of ``{"type": "done"}``, ``{"type": "failed", "reason": "..."}`` or ``{"type": "cancelled"}``. A worker
-that loses its parent (the service died) stops at the next step instead of training on unsupervised.
+model to ``<workdir>/final`` and says so. Everything it tells the service goes through one pipe as
+small dicts: ``{"type": "event", "event": TrainEvent}``, ``{"type": "dataset", "class_counts": {...}}``
+and finally one of ``{"type": "done"}``, ``{"type": "failed", "reason": "..."}`` or
+``{"type": "cancelled"}``. A worker that loses its parent (the service died) stops at the next step
+instead of training on unsupervised.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -23,12 +24,12 @@ from typing import Any
 
 import torch
 
-from trainer_svc import run
-from trainer_svc.data import DatasetSplit, load_image_folder, load_uploaded
-from trainer_svc.food101 import load_food101
-from trainer_svc.publishing import ensure_imagenet, imagenet_state, write_final
-from trainer_svc.train_config import TrainConfig
-from trainer_svc.training import Runtime, TrainEvent
+from trainer_svc.training import loop
+from trainer_svc.training.config import TrainConfig
+from trainer_svc.training.data import DatasetSplit, load_image_folder, load_uploaded
+from trainer_svc.training.events import TrainEvent
+from trainer_svc.training.food101 import load_food101
+from trainer_svc.training.publishing import ensure_imagenet, imagenet_state, write_final
 from vision.errors import VisionError
 from vision.image.decode import ImageLimits
 from vision.logs import configure_logging
@@ -45,7 +46,7 @@ class WorkerArgs:
     """Everything the worker needs, as plain picklable data."""
 
     job_id: str
-    config: dict[str, Any]
+    config: TrainConfig
     workdir: str
     model_dir: str
     device: str
@@ -53,7 +54,7 @@ class WorkerArgs:
     loader_workers: int = 0
     torch_threads: int = 0
     progress_interval_s: float = 2.0
-    image_limits: dict[str, int] = field(default_factory=dict)
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
     min_images_per_class: int = 5
     pretrained_url: str = ""
     pretrained_timeout_s: float = 10.0
@@ -63,12 +64,12 @@ class WorkerArgs:
     log_json: bool = False
 
 
-class Cancelled(Exception):
-    pass
+class CancelRequested(Exception):
+    """The job was cancelled: stop before the next step."""
 
 
 class ParentGone(Exception):
-    pass
+    """The service that started this worker is gone: nobody would record what it does."""
 
 
 class Channel:
@@ -84,13 +85,13 @@ class Channel:
             raise ParentGone from exc
 
     def report(self, event: TrainEvent) -> None:
-        self.send({"type": "event", **asdict(event)})
+        self.send({"type": "event", "event": event})
 
     def check(self) -> None:
         if os.getppid() != self.parent_pid:
             raise ParentGone
         if self.cancel.is_set():
-            raise Cancelled
+            raise CancelRequested
 
 
 @contextmanager
@@ -133,12 +134,12 @@ def load_split(config: TrainConfig, args: WorkerArgs) -> DatasetSplit:
 
 
 def run_job(args: WorkerArgs, channel: Channel) -> None:
-    config = TrainConfig.from_dict(args.config)
+    config = args.config
     split = load_split(config, args)
     channel.send({"type": "dataset", "class_counts": split.class_counts()})
     channel.report(
         TrainEvent(
-            "info",
+            "message",
             total_epochs=config.epochs,
             message=f"dataset: {len(split.class_names)} classes, {len(split.train)} training and "
             f"{len(split.val)} validation images; training on {args.device}",
@@ -151,14 +152,14 @@ def run_job(args: WorkerArgs, channel: Channel) -> None:
             store, config.architecture, url=args.pretrained_url, timeout=args.pretrained_timeout_s
         )
         imagenet = imagenet_state(version)
-    runtime = Runtime(
+    runtime = loop.Runtime(
         device=torch.device(args.device),
         loader_workers=args.loader_workers,
         progress_interval_s=args.progress_interval_s,
-        image_limits=ImageLimits(**args.image_limits),
+        image_limits=args.image_limits,
     )
     workdir = Path(args.workdir)
-    evaluation, weights = run.main(
+    evaluation, weights = loop.main(
         config,
         split,
         workdir / TRAIN_DIR,
@@ -173,12 +174,12 @@ def run_job(args: WorkerArgs, channel: Channel) -> None:
     )
 
 
-def failure_reason(exc: BaseException, config: dict[str, Any]) -> str:
+def failure_reason(exc: BaseException, config: TrainConfig) -> str:
     """What a user reads when the job failed."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return (
-            f"out of GPU memory at batch_size {config.get('batch_size')} and img_size "
-            f"{config.get('img_size')}: lower one of them"
+            f"out of GPU memory at batch_size {config.batch_size} and img_size {config.img_size}: "
+            "lower one of them"
         )
     if isinstance(exc, MemoryError):
         return "out of memory: lower batch_size or img_size"
@@ -204,7 +205,7 @@ def main(args: WorkerArgs, conn: Connection, cancel: Event) -> None:
     except ParentGone:
         log.warning("the trainer service went away; job %s stops here", args.job_id)
         os._exit(3)
-    except Cancelled:
+    except CancelRequested:
         channel.send({"type": "cancelled"})
     except BaseException as exc:
         if not isinstance(exc, VisionError):

@@ -1,26 +1,30 @@
-"""What one training run is asked to do (`TrainConfig`), with the ranges every entry point enforces.
+"""What one training run is asked to do (`TrainConfig`): the only training defaults, and the one validation
+every entry point goes through.
 
-Shared by the gRPC API (trainer_svc.spec converts a JobSpec), the `vision train` CLI and the worker process,
-so a bad value gets the same message everywhere. Plain data only: it travels to the worker process and is
-stored, as JSON, in every checkpoint.
+The gRPC API (`trainer_svc.convert.job_spec_to_config`) and the `vision train` CLI build one with
+`TrainConfig.create`, leaving unset options to the defaults here; the service validates it once
+(`TrainConfig.validate`). Plain data only: it is stored in the job database as JSON, pickled to the worker
+process, and written into every checkpoint (``args``) and published model (``provenance.config``).
 """
 
 from __future__ import annotations
 
 import math
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from vision.choices import ARCHITECTURES
+from vision.choices import ARCHITECTURES, OPTIMIZERS, PRETRAINED_ARCHITECTURES, pretrained_by_default
 from vision.errors import InvalidArgument
 from vision.models.store import validate_model_name
 
-OPTIMIZERS = ("adam", "sgd")
 DATASET_KINDS = ("upload", "image_folder", "food101")
-PRETRAINED_ARCHITECTURES = ("resnet18", "resnet50")
+MAX_EPOCHS = 1000
+MAX_CLASSES = 1000
 MAX_LABEL_CHARS = 100
 MAX_FILE_NAME_CHARS = 255
+FOOD101_HANDLE = "dansbecker/food-101"  # kagglehub dataset handle
 
 
 @dataclass
@@ -28,13 +32,13 @@ class TrainConfig:
     """One training run. Learning rate is per optimizer step; ``img_size`` is the square input side (px)."""
 
     model_name: str
-    architecture: str = "resnet18"
+    architecture: str = ARCHITECTURES.default
     pretrained: bool = True
     freeze_backbone: bool = True
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3
-    optimizer: str = "adam"
+    optimizer: str = OPTIMIZERS.default
     momentum: float = 0.9
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
@@ -48,6 +52,19 @@ class TrainConfig:
     class_names: list[str] = field(default_factory=list)
     max_images_per_class: int = 0
 
+    @classmethod
+    def create(cls, model_name: str, **options: Any) -> TrainConfig:
+        """A config from the options that were given (None: not given, the default applies).
+
+        ``pretrained`` defaults to whether the architecture has ImageNet weights (all but smallcnn), and
+        ``freeze_backbone`` to ``pretrained``: a frozen backbone only makes sense over trained weights.
+        """
+        given = {name: value for name, value in options.items() if value is not None}
+        architecture = given.get("architecture", cls.architecture)
+        given.setdefault("pretrained", pretrained_by_default(architecture))
+        given.setdefault("freeze_backbone", given["pretrained"])
+        return cls(model_name=model_name, **given)
+
     @property
     def resize_size(self) -> int:
         """Serving's resize before the centre crop: 256 for 224, the same ratio for other sizes."""
@@ -58,14 +75,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def validate(self, *, max_epochs: int = 1000, max_classes: int = 1000) -> TrainConfig:
+    def validate(self, *, max_epochs: int = MAX_EPOCHS, max_classes: int = MAX_CLASSES) -> TrainConfig:
         """Raise `InvalidArgument` naming the first bad value and its accepted range; return self."""
         validate_model_name(self.model_name)
-        _choice("arch", self.architecture, ARCHITECTURES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("arch", self.architecture, ARCHITECTURES.names)
+        _choice("optimizer", self.optimizer, OPTIMIZERS.names)
         _choice("dataset", self.dataset, DATASET_KINDS)
         _in_range("epochs", self.epochs, 1, max_epochs)
         _in_range("batch_size", self.batch_size, 1, 1024)
@@ -107,6 +124,19 @@ def _float_in_range(name: str, value: float, low: float, high: float, *, low_ope
         raise InvalidArgument(f"{name} must be in {bracket}{low:g}, {high:g}], got {value:g}")
 
 
+def resolve_dataset_path(path: str, root: Path) -> Path:
+    """An image folder named by a job (relative to ``root``, or absolute), resolved; it must lie inside
+    ``root``, the only directory a client may make the service read."""
+    if not path or "\x00" in path:
+        raise InvalidArgument(
+            "image_folder.path is empty: name a directory under the trainer's datasets root"
+        )
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise InvalidArgument(f"image_folder.path must be inside the trainer's datasets directory {root}")
+    return resolved
+
+
 def unsafe_name_reason(name: str) -> str | None:
     """Why ``name`` (a label or a file name) is refused, or None: empty, path separators, '..', NUL or
     other control characters could turn a name into a path or a terminal escape."""
@@ -127,7 +157,7 @@ def _is_control(ch: str) -> bool:
     return category in ("Cc", "Zl", "Zp") or (category == "Cf" and ch not in "\u200c\u200d")
 
 
-def validate_class_names(names: list[str], max_classes: int = 1000) -> None:
+def validate_class_names(names: list[str], max_classes: int = MAX_CLASSES) -> None:
     """At least 2 and at most ``max_classes`` distinct (case-insensitively), safe labels."""
     if len(names) < 2:
         raise InvalidArgument(f"training needs at least 2 classes, got {len(names)}: name every class")

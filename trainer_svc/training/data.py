@@ -116,7 +116,7 @@ def load_image_folder(root: Path, val_fraction: float, seed: int, min_per_class:
 def load_uploaded(
     root: Path, class_names: list[str], val_fraction: float, seed: int, min_per_class: int
 ) -> DatasetSplit:
-    """An upload stored by trainer_svc.uploads: ``root/<class index>/<server-made name>``."""
+    """An upload stored by trainer_svc.jobs.uploads: ``root/<class index>/<server-made name>``."""
     samples = [Sample(str(f), i) for i in range(len(class_names)) for f in _image_files(root / str(i))]
     check_min_per_class(label_counts(samples, class_names), min_per_class)
     return DatasetSplit(list(class_names), *stratified_split(samples, val_fraction, seed))

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer_svc.data import DatasetSplit, Sample, check_min_per_class, label_counts
+from trainer_svc.training.config import FOOD101_HANDLE
+from trainer_svc.training.data import DatasetSplit, Sample, check_min_per_class, label_counts
 from vision.errors import InvalidArgument, NotReady
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HANDLE = "dansbecker/food-101"
 _SEARCH_DEPTH = 4
 
 
@@ -54,7 +54,7 @@ def _cached_versions(handle: str) -> list[int]:
     return sorted((int(p.name) for p in versions.iterdir() if p.name.isdigit()), reverse=True)
 
 
-def download(handle: str = DEFAULT_HANDLE, cache_dir: Path | None = None) -> Path:
+def download(handle: str = FOOD101_HANDLE, cache_dir: Path | None = None) -> Path:
     """The local directory of the dataset (downloaded into the kagglehub cache if not there yet)."""
     import kagglehub
 
@@ -111,7 +111,7 @@ def _samples(root: Path, entries: list[str], index: dict[str, int], cap: int) ->
 
 
 def load_food101(
-    handle: str = DEFAULT_HANDLE,
+    handle: str = FOOD101_HANDLE,
     cache_dir: Path | None = None,
     *,
     max_images_per_class: int = 0,

@@ -1,6 +1,12 @@
 """The training loop, pure torch, shaped like torchvision's references/classification/train.py:
-`build_model_for_training`, `train_one_epoch`, `evaluate`, `load_data` and `main`, with a rolling
-checkpoint (model, optimizer, lr_scheduler, scaler, epoch, args, RNG states) to resume from.
+`load_data`, `train_one_epoch`, `evaluate` and `main`, with a rolling checkpoint to resume from
+(`trainer_svc.training.resume`).
+
+Every epoch ends with validation, the best-by-validation-accuracy weights (safetensors) when they improved,
+and a rolling checkpoint (model, optimizer, lr_scheduler, scaler, epoch, args, RNG states); a run started
+again on the same ``workdir`` continues after the last completed epoch with the same states, so it ends
+exactly where an uninterrupted run would have. Early stopping ends the run after ``patience`` epochs
+without improvement.
 
 Progress leaves through ``report`` (a callable taking a `TrainEvent`); ``check`` is called before every
 step and raises to stop (cancellation). Nothing here knows about gRPC, processes or the job database.
@@ -8,46 +14,27 @@ step and raises to stop (cancellation). Nothing here knows about gRPC, processes
 
 from __future__ import annotations
 
-import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainer_svc.data import DatasetSplit, ImageFiles, eval_transform, make_loader, train_transform
-from trainer_svc.train_config import TrainConfig
+from trainer_svc.training import resume
+from trainer_svc.training.config import TrainConfig
+from trainer_svc.training.data import DatasetSplit, ImageFiles, eval_transform, make_loader, train_transform
+from trainer_svc.training.evaluation import Evaluation, evaluate_predictions
+from trainer_svc.training.events import Clock, Report, TrainEvent
+from trainer_svc.training.model import build_model_for_training, build_optimizer, set_train_mode
 from vision.image.decode import ImageLimits
-from vision.models.architectures import build_model
 
-log = logging.getLogger(__name__)
 Loader = DataLoader[tuple[torch.Tensor, int]]
-
-
-@dataclass
-class TrainEvent:
-    """``kind``: "progress" (within an epoch), "epoch" (after validation) or "info" (a message).
-    Losses are mean cross-entropy; accuracies in [0, 1]; ``epoch`` counts from 1."""
-
-    kind: str
-    epoch: int = 0
-    total_epochs: int = 0
-    step: int = 0
-    steps_per_epoch: int = 0
-    train_loss: float = 0.0
-    train_accuracy: float = 0.0
-    val_loss: float = 0.0
-    val_accuracy: float = 0.0
-    learning_rate: float = 0.0
-    images_per_second: float = 0.0
-    eta_seconds: float = 0.0
-    message: str = ""
-
-
-Report = Callable[[TrainEvent], None]
 
 
 @dataclass
@@ -60,6 +47,10 @@ class Runtime:
     image_limits: ImageLimits = field(default_factory=ImageLimits)
 
 
+def _never_stop() -> None:
+    return None
+
+
 def load_data(config: TrainConfig, split: DatasetSplit, runtime: Runtime) -> tuple[Loader, Loader]:
     """Augmented, shuffled training batches and serving-identical validation batches."""
     pin = runtime.device.type == "cuda"
@@ -67,85 +58,14 @@ def load_data(config: TrainConfig, split: DatasetSplit, runtime: Runtime) -> tup
         split.train, train_transform(config.img_size, config.horizontal_flip), runtime.image_limits
     )
     val_set = ImageFiles(split.val, eval_transform(config.img_size, config.resize_size), runtime.image_limits)
+    workers = runtime.loader_workers
     train = make_loader(
-        train_set,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        workers=runtime.loader_workers,
-        pin_memory=pin,
+        train_set, config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin
     )
     val = make_loader(
-        val_set,
-        config.batch_size,
-        shuffle=False,
-        seed=config.seed,
-        workers=runtime.loader_workers,
-        pin_memory=pin,
+        val_set, config.batch_size, shuffle=False, seed=config.seed, workers=workers, pin_memory=pin
     )
     return train, val
-
-
-def build_model_for_training(
-    config: TrainConfig, num_classes: int, imagenet_state: dict[str, torch.Tensor] | None
-) -> nn.Module:
-    """The architecture with a fresh ``num_classes``-way ``fc``; ImageNet weights under it when given;
-    with ``freeze_backbone`` only ``fc`` requires gradients."""
-    torch.manual_seed(config.seed)
-    if imagenet_state is not None:
-        model = build_model(config.architecture, int(imagenet_state["fc.weight"].shape[0]))
-        model.load_state_dict(imagenet_state, strict=True)
-        fc = model.fc
-        assert isinstance(fc, nn.Linear)
-        model.fc = nn.Linear(fc.in_features, num_classes)
-    else:
-        model = build_model(config.architecture, num_classes)
-    if config.freeze_backbone:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad = name.startswith("fc.")
-    return model
-
-
-def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
-    """Training mode; a frozen backbone stays in eval mode so its batch-norm statistics stay ImageNet's."""
-    model.train()
-    if frozen_backbone:
-        for name, child in model.named_children():
-            if name != "fc":
-                child.eval()
-
-
-def build_optimizer(
-    config: TrainConfig, model: nn.Module, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam or SGD over the trainable parameters; cosine decay per step over the whole run."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    else:
-        optimizer = torch.optim.Adam(params, lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    return optimizer, scheduler
-
-
-@dataclass
-class Clock:
-    """Throughput and ETA bookkeeping across the run."""
-
-    epochs: int
-    steps_per_epoch: int
-    epoch_seconds: list[float] = field(default_factory=list)
-
-    def eta(self, epoch: int, step: int, step_seconds: float) -> float:
-        per_epoch = (
-            (sum(self.epoch_seconds) / len(self.epoch_seconds))
-            if self.epoch_seconds
-            else (step_seconds * self.steps_per_epoch)
-        )
-        return max(0.0, (self.steps_per_epoch - step) * step_seconds + (self.epochs - epoch) * per_epoch)
 
 
 def train_one_epoch(
@@ -232,3 +152,146 @@ def evaluate(
         y_true += targets.tolist()
         y_pred += logits.argmax(1).tolist()
     return loss_sum / max(len(y_true), 1), y_true, y_pred
+
+
+def main(
+    config: TrainConfig,
+    split: DatasetSplit,
+    workdir: Path,
+    *,
+    runtime: Runtime | None = None,
+    imagenet_state: dict[str, torch.Tensor] | None = None,
+    report: Report | None = None,
+    check: Callable[[], None] = _never_stop,
+) -> tuple[Evaluation, dict[str, torch.Tensor]]:
+    """Train (or finish training) and return the validation evaluation of the best epoch's weights and
+    those weights. ``workdir`` holds the checkpoint and best weights."""
+    runtime = runtime or Runtime()
+    emit: Report = report or (lambda _event: None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = runtime.device
+    train_loader, val_loader = load_data(config, split, runtime)
+    model = build_model_for_training(config, len(split.class_names), imagenet_state).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    steps = len(train_loader)
+    optimizer, scheduler = build_optimizer(config, model, config.epochs * steps)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    parts: dict[str, Any] = {
+        "model": model,
+        "optimizer": optimizer,
+        "lr_scheduler": scheduler,
+        "scaler": scaler,
+    }
+    generator = train_loader.generator
+    assert generator is not None
+    loop = resume.restore(resume.load_checkpoint(workdir), config, parts, generator)
+    if loop["epoch"]:
+        emit(
+            TrainEvent(
+                "message", loop["epoch"], config.epochs, message=f"resumed after epoch {loop['epoch']}"
+            )
+        )
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    plain = nn.CrossEntropyLoss()
+    clock = Clock(config.epochs, steps)
+    while not loop["finished"] and loop["epoch"] < config.epochs:
+        epoch = loop["epoch"] + 1
+        started = time.perf_counter()
+        stats = train_one_epoch(
+            model,
+            criterion,
+            optimizer,
+            scheduler,
+            train_loader,
+            epoch=epoch,
+            config=config,
+            runtime=runtime,
+            scaler=scaler,
+            clock=clock,
+            report=emit,
+            check=check,
+        )
+        check()
+        val_loss, y_true, y_pred = evaluate(model, plain, val_loader, device)
+        val_accuracy = sum(int(t == p) for t, p in zip(y_true, y_pred, strict=True)) / max(len(y_true), 1)
+        clock.epoch_seconds.append(time.perf_counter() - started)
+        record = {
+            "epoch": epoch,
+            **stats,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "learning_rate": float(scheduler.get_last_lr()[0]),
+        }
+        _end_epoch(loop, record, model, config, workdir)
+        resume.save_checkpoint(
+            {
+                **{k: (v.state_dict() if v is not None else {}) for k, v in parts.items()},
+                **loop,
+                "args": config.to_dict(),
+                "rng": resume.capture_rng(generator),
+            },
+            workdir,
+        )
+        emit(_epoch_event(record, config, clock, loop))
+    return _final_evaluation(model, plain, val_loader, device, split, workdir, loop)
+
+
+def _end_epoch(
+    loop: dict[str, Any], record: dict[str, float], model: nn.Module, config: TrainConfig, workdir: Path
+) -> None:
+    """Book-keeping after validation: history, best weights, early stopping."""
+    loop["epoch"] = int(record["epoch"])
+    loop["history"].append(record)
+    if record["val_accuracy"] > loop["best"]["accuracy"]:
+        loop["best"] = {"accuracy": record["val_accuracy"], "epoch": loop["epoch"]}
+        loop["bad_epochs"] = 0
+        resume.save_best_weights(model.state_dict(), workdir)
+    else:
+        loop["bad_epochs"] += 1
+    if loop["bad_epochs"] >= config.patience or loop["epoch"] >= config.epochs:
+        loop["finished"] = True
+
+
+def _epoch_event(
+    record: dict[str, float], config: TrainConfig, clock: Clock, loop: dict[str, Any]
+) -> TrainEvent:
+    epoch = int(record["epoch"])
+    message = ""
+    if loop["finished"] and epoch < config.epochs:
+        message = f"early stop: no better validation accuracy for {config.patience} epochs"
+    return TrainEvent(
+        "epoch",
+        epoch,
+        config.epochs,
+        clock.steps_per_epoch,
+        clock.steps_per_epoch,
+        train_loss=record["train_loss"],
+        train_accuracy=record["train_accuracy"],
+        val_loss=record["val_loss"],
+        val_accuracy=record["val_accuracy"],
+        learning_rate=record["learning_rate"],
+        images_per_second=record["images_per_second"],
+        eta_seconds=0.0 if loop["finished"] else clock.remaining_after(epoch),
+        message=message,
+    )
+
+
+def _final_evaluation(
+    model: nn.Module,
+    criterion: nn.Module,
+    val_loader: Loader,
+    device: torch.device,
+    split: DatasetSplit,
+    workdir: Path,
+    loop: dict[str, Any],
+) -> tuple[Evaluation, dict[str, torch.Tensor]]:
+    """The best epoch's weights, evaluated again on the validation set, with the run's history."""
+    best = resume.load_best_weights(workdir)
+    model.load_state_dict(best)
+    loss, y_true, y_pred = evaluate(model, criterion, val_loader, device)
+    evaluation = evaluate_predictions(y_true, y_pred, split.class_names, loss if math.isfinite(loss) else 0.0)
+    evaluation.best_epoch = int(loop["best"]["epoch"])
+    evaluation.epochs_run = int(loop["epoch"])
+    evaluation.history = [dict(h) for h in loop["history"]]
+    return evaluation, best

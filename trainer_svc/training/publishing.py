@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from trainer_svc.data import DatasetSplit
-from trainer_svc.evaluation import Evaluation, confusion_matrix_png, training_curves_png
-from trainer_svc.train_config import TrainConfig
+from trainer_svc.training.config import TrainConfig
+from trainer_svc.training.data import DatasetSplit
+from trainer_svc.training.evaluation import Evaluation, confusion_matrix_png, training_curves_png
 from vision.errors import Conflict, ModelNotFound
 from vision.models.pretrained import IMAGENET_WEIGHTS, PretrainedUnavailable, fetch_imagenet
 from vision.models.store import METADATA_FILE, WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion

@@ -1,4 +1,5 @@
-"""Training checkpoints: written atomically, read back with ``torch.load(weights_only=True)`` only.
+"""Resuming a run: its rolling checkpoint and best weights, written atomically, read back with
+``torch.load(weights_only=True)`` only, and restored into a new run's model, optimizer and random states.
 
 A checkpoint is a plain dict (torchvision reference style): ``model``, ``optimizer``, ``lr_scheduler``,
 ``scaler``, ``epoch`` (epochs completed), ``args`` (the TrainConfig as a dict), ``rng`` (torch, CUDA, Python
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer_svc.training.config import TrainConfig
 from vision.errors import InvalidCheckpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -93,3 +95,36 @@ def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> Non
     loader_generator.set_state(state["loader"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+LOOP_KEYS = ("epoch", "history", "best", "bad_epochs", "finished")
+
+
+def restore(
+    state: dict[str, Any] | None,
+    config: TrainConfig,
+    parts: dict[str, Any],
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """Load a checkpoint's states into ``parts`` (model, optimizer, lr_scheduler, scaler) and the loader's
+    ``generator``; return the loop's bookkeeping (epoch, history, best, bad_epochs, finished). Without a
+    checkpoint: the bookkeeping of a run that has not started."""
+    if state is None:
+        return {
+            "epoch": 0,
+            "history": [],
+            "best": {"accuracy": -1.0, "epoch": 0},
+            "bad_epochs": 0,
+            "finished": False,
+        }
+    if state.get("args") != config.to_dict():
+        raise InvalidCheckpoint("the checkpoint was written for different training settings")
+    try:
+        for key in ("model", "optimizer", "lr_scheduler"):
+            parts[key].load_state_dict(state[key])
+        if parts["scaler"] is not None and state.get("scaler"):
+            parts["scaler"].load_state_dict(state["scaler"])
+        restore_rng(state["rng"], generator)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise InvalidCheckpoint(f"the checkpoint does not fit this run ({exc})") from exc
+    return {k: state[k] for k in LOOP_KEYS}
