@@ -8,9 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from trainer_svc.training.config import FOOD101_HANDLE, MAX_CLASSES, MAX_EPOCHS, TrainConfig
-from vision.settings import ServiceSettings, shared
-
-GIB = 1024**3
+from vision.settings import ServiceSettings, max_upload_bytes, max_upload_files, shared
 
 
 class TrainerSettings(ServiceSettings):
@@ -25,8 +23,8 @@ class TrainerSettings(ServiceSettings):
         description="ImageFolder datasets named in a job must lie under this directory; "
         "unset: <data_dir>/datasets.",
     )
-    max_upload_files: int = Field(10_000, ge=1, description="Most images in one uploaded dataset.")
-    max_upload_bytes: int = Field(2 * GIB, ge=1, description="Most bytes of images in one upload.")
+    max_upload_files: int = max_upload_files("VISION_TRAINER_MAX_UPLOAD_FILES")
+    max_upload_bytes: int = max_upload_bytes("VISION_TRAINER_MAX_UPLOAD_BYTES")
     max_classes: int = Field(MAX_CLASSES, ge=2, description="Most classes in one job.")
     min_images_per_class: int = Field(
         5, ge=2, description="Fewest images a class may have (before the train/validation split)."
