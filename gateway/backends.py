@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
+from gateway.train.upload import UPLOAD_CHANNEL_OPTIONS
 from vision.v1 import (
     classifier_pb2_grpc,
     detector_pb2_grpc,
@@ -26,8 +27,12 @@ Reply = TypeVar("Reply")
 
 @dataclass
 class Backends:
+    """The channels to the services: asyncio ones for every call, plus one synchronous channel to the
+    trainer for the CreateJob upload stream (see `gateway.train.upload` for why)."""
+
     settings: GatewaySettings
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    trainer_upload_channel: grpc.Channel | None = None
 
     @classmethod
     def connect(cls, settings: GatewaySettings) -> Backends:
@@ -41,11 +46,18 @@ class Backends:
             name: grpc.aio.insecure_channel(addr, options=options)
             for name, addr in settings.backends().items()
         }
-        return cls(settings, channels)
+        upload = (
+            grpc.insecure_channel(settings.trainer_addr, options=UPLOAD_CHANNEL_OPTIONS)
+            if settings.trainer_addr
+            else None
+        )
+        return cls(settings, channels, upload)
 
     async def close(self) -> None:
         for channel in self.channels.values():
             await channel.close(grace=None)
+        if self.trainer_upload_channel is not None:
+            self.trainer_upload_channel.close()
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """The channel to ``service``; 503 when that service is not part of this deployment."""
@@ -79,6 +91,13 @@ class Backends:
     @property
     def detector(self) -> detector_pb2_grpc.DetectorStub:
         return detector_pb2_grpc.DetectorStub(self.channel("detector"))
+
+    @property
+    def trainer_upload(self) -> grpc.Channel:
+        """The synchronous channel for CreateJob uploads; 503 when no trainer is deployed."""
+        self.channel("trainer")
+        assert self.trainer_upload_channel is not None
+        return self.trainer_upload_channel
 
     @property
     def trainer(self) -> trainer_pb2_grpc.TrainerStub:

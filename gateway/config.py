@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vision.settings import MESSAGE_OVERHEAD_BYTES, shared
+from vision.settings import MESSAGE_OVERHEAD_BYTES, max_upload_bytes, max_upload_files, shared
 
 # Multipart framing and the small form fields around the image.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -31,8 +31,9 @@ class GatewaySettings(BaseSettings):
     max_image_bytes: int = shared(
         "VISION_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest image upload accepted."
     )
-    train_max_files: int = Field(10_000, ge=1, description="Most images in one POST /train upload.")
-    train_max_bytes: int = Field(2 * 1024**3, ge=1, description="Most bytes of images in one POST /train.")
+    # Shared with trainer_svc: VISION_MAX_UPLOAD_FILES / _BYTES (the older gateway-only names still work).
+    train_max_files: int = max_upload_files("VISION_GATEWAY_TRAIN_MAX_FILES")
+    train_max_bytes: int = max_upload_bytes("VISION_GATEWAY_TRAIN_MAX_BYTES")
     train_timeout_s: float = Field(
         3600.0,
         gt=0,

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.responses import ErrorBody, ErrorDetail
+from vision.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +39,20 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON of an `ErrorBody`."""
+    return ErrorBody(error=ErrorDetail(code=code, message=message)).model_dump(mode="json")
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = {"success": False, "error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def invalid_argument(exc: InvalidArgument) -> ApiError:
+    """400 for a value the gateway cannot put into the request (e.g. an unknown enum name)."""
+    return ApiError(400, "invalid_argument", exc.message)
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError, service: str, retry_after_s: int) -> ApiError:

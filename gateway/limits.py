@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import error_body
+
 
 class _TooLarge(Exception):
     pass
@@ -64,15 +66,8 @@ class BodySizeLimitMiddleware:
             await self._reject(send, limit)
 
     async def _reject(self, send: Send, limit: int) -> None:
-        body = json.dumps(
-            {
-                "success": False,
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"the upload is larger than the limit of {limit} bytes",
-                },
-            }
-        ).encode()
+        message = f"the upload is larger than the limit of {limit} bytes"
+        body = json.dumps(error_body("payload_too_large", message)).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -5,20 +5,51 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 
 from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.limits import BodySizeLimitMiddleware
 from gateway.metrics import Metrics, MetricsMiddleware
-from gateway.routers import detect, explain, predict, system, train
+from gateway.routers import detect, explain, predict, system
+from gateway.train import routes as train
 
 STATIC_DIR = Path(__file__).parent / "static"
+ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, made true to what the gateway sends: a request that fails validation is answered
+    400 with an `ErrorBody` (never FastAPI's 422 body), any route may answer 500 with an `ErrorBody`, and
+    the training events' ``data:`` objects are described too."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                responses.setdefault("500", {"description": "Internal error (logged by the gateway)"})
+                responses["500"]["content"] = {"application/json": {"schema": ERROR_BODY_REF}}
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        _, events = models_json_schema(
+            [(model, "serialization") for model in train.EVENT_MODELS],
+            ref_template="#/components/schemas/{model}",
+        )
+        components.update(events.get("$defs", {}))
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -38,8 +69,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         description="Classification and explanations over HTTP, backed by gRPC vision services.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
     install_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(predict.router)
     app.include_router(explain.router)
     app.include_router(detect.router)

@@ -4,8 +4,8 @@ gRPC failures as HTTP statuses, health, docs, CORS and the model list."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from vision.image.decode import decode_image
 from vision.image.preprocess import Preprocessing
 from vision.models.store import ModelStore
 from vision.models.weights import load_classifier
+from vision.serving.classifier import LoadedClassifier
 
 RESNET_CLASSES = [f"class_{i}" for i in range(10)]  # publish_random_model's default
 SMALLCNN_CLASSES = ["cat", "dog", "bird"]
@@ -188,33 +189,46 @@ def test_top_k_sets_how_many_classes_come_back_clamped_to_the_class_count(
 # -- gRPC status -> HTTP status -----------------------------------------------------------------------------
 
 
-def test_overloaded_classifier_answers_429_with_retry_after_and_the_rest_succeed(
+class HeldModel(LoadedClassifier):
+    """A served model whose forward pass waits until the test releases it: while one batch is held on the
+    batcher's thread, the queue fills deterministically."""
+
+    def __init__(self, model: LoadedClassifier) -> None:
+        super().__init__(model.version, model.module, model.preprocessing, model.device, model.dtype)
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        self.running.set()
+        assert self.release.wait(30), "the test never released the held batch"
+        return super().predict(batch)
+
+
+def test_overloaded_classifier_answers_429_with_retry_after_and_serves_again_once_drained(
     served_store: ModelStore, small_jpeg: bytes
 ) -> None:
     server, engine = start_classifier(served_store, max_queue=1, max_batch_size=1)
-    statuses: list[int] = []
-    overloaded: list[httpx.Response] = []
+    _, _, model = engine.registry.get("resnet18", "")  # type: ignore[attr-defined]
+    held = HeldModel(model)
+    tensor = model.preprocessing(decode_image(small_jpeg))
     try:
-        with (
-            gateway_client(classifier_addr=f"127.0.0.1:{server.port}", retry_after_s=3) as client,
-            ThreadPoolExecutor(max_workers=16) as pool,
-        ):
-            for _ in range(5):  # a burst of 16 against a queue of 1 overflows at once; retry a few bursts
-                burst = list(pool.map(lambda _: client.post("/predict", files=upload(small_jpeg)), range(16)))
-                statuses += [r.status_code for r in burst]
-                overloaded += [r for r in burst if r.status_code == 429]
-                if overloaded:
-                    break
+        with gateway_client(classifier_addr=f"127.0.0.1:{server.port}", retry_after_s=3) as client:
+            running = engine.batcher.submit(held, tensor)  # type: ignore[attr-defined]
+            assert held.running.wait(10)  # the batcher's one thread is busy with it
+            waiting = engine.batcher.submit(held, tensor)  # type: ignore[attr-defined]  # the queue of 1 is full
+            overloaded = client.post("/predict", files=upload(small_jpeg))
+            held.release.set()
+            running.result(10), waiting.result(10)
+            after = client.post("/predict", files=upload(small_jpeg))
     finally:
+        held.release.set()
         server.stop(0).wait()
         engine.close()  # type: ignore[attr-defined]
-    assert overloaded, f"no 429 in {len(statuses)} requests"
-    assert set(statuses) == {200, 429}
-    for response in overloaded:
-        assert response.headers["retry-after"] == "3"
-        assert response.json()["success"] is False
-        assert response.json()["error"]["code"] == "resource_exhausted"
-        assert "queue is full" in response.json()["error"]["message"]
+    assert overloaded.status_code == 429, overloaded.text
+    assert overloaded.headers["retry-after"] == "3"
+    assert overloaded.json()["success"] is False
+    assert overloaded.json()["error"]["code"] == "resource_exhausted"
+    assert "queue is full" in overloaded.json()["error"]["message"]
+    assert after.status_code == 200, after.text
 
 
 def test_unreachable_classifier_answers_503_while_liveness_stays_ok() -> None:

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import httpx
 import pytest
 
 from tests.conftest import live_gateway, start_classifier
+from tests.support.digits import CLASS_NAMES, digit_images
+from tests.support.trainer import running_trainer, trainer_settings
 from tests.test_bad_input import assert_error
-from tests.test_trainer_support import running_trainer, trainer_settings
 from trainer_svc.config import TrainerSettings
-from trainer_svc.digits import CLASS_NAMES, digit_images
 from vision.models.store import ModelStore
 
 MIN_VAL_ACCURACY = 0.8
@@ -118,7 +119,18 @@ def read_sse(api: httpx.Client, url: str) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-def test_uploaded_digits_train_live_and_the_new_model_classifies_at_once(stack: Stack) -> None:
+@dataclass
+class TrainedDigits:
+    """One POST /train of the whole digits set, followed live to its end."""
+
+    by_class: dict[int, list[tuple[str, bytes]]]
+    created: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]
+    job: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def trained(stack: Stack) -> TrainedDigits:
     all_digits = list(digit_images(32))
     by_class = {
         d: [(f"img{i}.png", png) for i, (name, png) in enumerate(all_digits) if name == str(d)]
@@ -126,46 +138,88 @@ def test_uploaded_digits_train_live_and_the_new_model_classifies_at_once(stack: 
     }
     reply = stack.post(form(CLASS_NAMES, {d + 1: by_class[d] for d in range(10)}, **DIGITS_FORM))
     assert reply.status_code == 202, reply.text
-    body = reply.json()
-    assert body["success"] is True and body["status"] == "queued"
-    assert body["status_url"] == f"/jobs/{body['job_id']}"
+    created = reply.json()
+    events = read_sse(stack.api, created["events_url"])
+    job = stack.api.get(created["status_url"]).json()
+    return TrainedDigits(by_class, created, events, job)
 
-    events = read_sse(stack.api, body["events_url"])
-    kinds = [name for name, _ in events]
-    assert kinds[0] == "state" and events[-1][1]["status"] == "succeeded"
-    epochs = [data for name, data in events if name == "epoch"]
-    assert [e["epoch"] for e in epochs] == list(range(1, 9))
-    assert all(
-        {"train_loss", "val_accuracy", "learning_rate", "images_per_second", "eta_seconds"} <= e.keys()
-        for e in epochs
-    )
+
+def test_train_answers_202_queued_with_links_to_the_job(trained: TrainedDigits) -> None:
+    created = trained.created
+    assert created["success"] is True and created["status"] == "queued"
+    assert created["status_url"] == f"/jobs/{created['job_id']}"
+    assert created["events_url"] == f"/jobs/{created['job_id']}/events"
+
+
+def test_events_start_with_the_state_report_progress_and_every_epoch_and_end_succeeded(
+    trained: TrainedDigits,
+) -> None:
+    kinds = [name for name, _ in trained.events]
+    assert kinds[0] == "state" and trained.events[-1][1]["status"] == "succeeded"
     assert "progress" in kinds
+    epochs = [data for name, data in trained.events if name == "epoch"]
+    assert [e["epoch"] for e in epochs] == list(range(1, int(DIGITS_FORM["epochs"]) + 1))
+    for epoch in epochs:
+        assert {
+            "train_loss",
+            "val_accuracy",
+            "learning_rate",
+            "images_per_second",
+            "eta_seconds",
+        } <= epoch.keys()
 
-    job = stack.api.get(body["status_url"]).json()
+
+def test_a_finished_job_names_its_model_and_counts_the_uploaded_images(trained: TrainedDigits) -> None:
+    job = trained.job
     assert job["status"] == "succeeded" and job["model"] == {"name": "digits", "version": "1"}
-    metrics = job["metrics"]
-    print(f"digits: validation accuracy {metrics['accuracy']:.3f} after {len(epochs)} epochs")
+    assert job["class_counts"] == {str(d): len(trained.by_class[d]) for d in range(10)}
+
+
+def test_validation_metrics_reach_the_bar_per_class_with_a_confusion_matrix_over_every_image(
+    trained: TrainedDigits,
+) -> None:
+    metrics = trained.job["metrics"]
     assert metrics["accuracy"] >= MIN_VAL_ACCURACY, metrics
     assert [c["class"] for c in metrics["per_class"]] == CLASS_NAMES
     matrix = metrics["confusion_matrix"]
-    assert len(matrix) == 10 and sum(map(sum, matrix)) == sum(c["support"] for c in metrics["per_class"])
-    assert job["class_counts"] == {str(d): len(by_class[d]) for d in range(10)}
+    assert len(matrix) == 10 and all(len(row) == 10 for row in matrix)
+    assert sum(map(sum, matrix)) == sum(c["support"] for c in metrics["per_class"])
+
+
+def test_the_report_and_its_images_are_served_for_the_new_version(
+    stack: Stack, trained: TrainedDigits
+) -> None:
+    job = trained.job
     for url in (job["confusion_matrix_url"], job["training_curves_url"]):
         image = stack.api.get(url)
         assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")
-    assert stack.api.get(job["report_url"]).json()["metrics"]["accuracy"] == metrics["accuracy"]
+    report = stack.api.get(job["report_url"]).json()
+    assert report["model"] == {"name": "digits", "version": "1"} and report["job_id"] == job["job_id"]
+    assert report["metrics"]["accuracy"] == job["metrics"]["accuracy"]
 
-    # classifier_svc serves the new version under its name with no restart.
-    sample = all_digits[::60]
+
+def test_the_classifier_serves_the_new_model_at_once_without_a_restart(
+    stack: Stack, trained: TrainedDigits
+) -> None:
+    sample = [(str(d), png) for d, images in trained.by_class.items() for _, png in images[::60]]
     right = 0
-    for name, png in sample:
+    for label, png in sample:
         answer = stack.api.post("/predict", files={"file": ("d.png", png)}, data={"model": "digits"}).json()
         assert answer["model"] == {"name": "digits", "version": "1"}
-        right += answer["prediction"]["class"] == name
+        right += answer["prediction"]["class"] == label
     assert right / len(sample) >= MIN_VAL_ACCURACY
+
+
+def test_models_lists_the_new_version_loaded_with_its_validation_accuracy(
+    stack: Stack, trained: TrainedDigits
+) -> None:
     listed = {m["name"]: m for m in stack.api.get("/models").json()["models"]}
-    assert listed["digits"]["metrics"]["val_accuracy"] == pytest.approx(metrics["accuracy"])
-    assert stack.api.get("/jobs").json()["jobs"][0]["job_id"] == body["job_id"]
+    assert listed["digits"]["metrics"]["val_accuracy"] == pytest.approx(trained.job["metrics"]["accuracy"])
+    assert listed["digits"]["loaded"] is True and listed["digits"]["load_error"] == ""
+
+
+def test_jobs_lists_the_newest_job_first(stack: Stack, trained: TrainedDigits) -> None:
+    assert stack.api.get("/jobs").json()["jobs"][0]["job_id"] == trained.created["job_id"]
 
 
 TWO = ["cat", "dog"]
@@ -197,10 +251,12 @@ BAD_UPLOADS = [
     bad(TWO, FIVE_EACH, "epochs must be between 1 and 1000", epochs="100000"),
     bad(TWO, FIVE_EACH, "batch_size must be between 1 and 1024", batch_size="5000"),
     bad(TWO, FIVE_EACH, "lr must be a number", lr="fast"),
-    bad(TWO, FIVE_EACH, "lr must be positive", lr="-1"),
+    bad(TWO, FIVE_EACH, "lr must be positive", lr="0"),
+    bad(TWO, FIVE_EACH, "lr must be in (0, 10]", lr="-1"),
     bad(TWO, FIVE_EACH, "img_size must be between 32 and 1024", img_size="8"),
     bad(TWO, FIVE_EACH, "val_split must be in (0, 0.5]", val_split="0.9"),
     bad(TWO, FIVE_EACH, "accepted: resnet18, resnet50, smallcnn", arch="vgg16"),
+    bad(TWO, FIVE_EACH, "unknown optimizer 'rmsprop'; accepted: adam, sgd", optimizer="rmsprop"),
     bad(TWO, FIVE_EACH, "unknown form field 'epoch'", epoch="3"),
     bad(TWO, FIVE_EACH, "invalid model name", model_name="../x"),
     bad(TWO, {1: images(5), 3: images(5, 1)}, "files3 has no label3"),

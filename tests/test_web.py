@@ -22,9 +22,9 @@ from tests.conftest import (
     start_classifier,
     ultralytics_asset,
 )
+from tests.support.digits import digit_images
+from tests.support.trainer import running_trainer, trainer_settings
 from tests.test_detector_support import make_yolo_checkpoint, start_detector
-from tests.test_trainer_support import running_trainer, trainer_settings
-from trainer_svc.digits import digit_images
 from vision.models.store import ModelStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

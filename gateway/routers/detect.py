@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
 from gateway.backends import BackendsDep
 from gateway.errors import ApiError
-from gateway.shapes import model_json, png_data_uri, read_upload, timing_json
+from gateway.responses import DetectResponse, error_responses
 from vision.v1 import common_pb2, detector_pb2
 
 router = APIRouter(tags=["detect"])
@@ -65,32 +65,20 @@ def build_request(
     return request
 
 
-def detection_json(box: detector_pb2.Box) -> dict[str, Any]:
-    return {
-        "class": box.class_name,
-        "class_id": box.class_id,
-        "confidence": box.confidence,
-        "bbox": {
-            "x1": box.x1,
-            "y1": box.y1,
-            "x2": box.x2,
-            "y2": box.y2,
-            "width": box.width,
-            "height": box.height,
-        },
-    }
-
-
 @router.post(
     "/detect",
     summary="Detect objects with a YOLO model",
-    responses={
-        400: {"description": "Bad input"},
-        404: {"description": "Unknown model, or no detection model imported yet"},
-        413: {"description": "Upload too large"},
-        429: {"description": "Overloaded"},
-        503: {"description": "detector_svc unavailable or not deployed"},
-    },
+    response_model=DetectResponse,
+    responses=error_responses(
+        {
+            400: "Bad input: not an accepted image, or a bad option",
+            404: "Unknown model, or no detection model imported yet",
+            413: "Upload too large",
+            429: "Overloaded: retry after Retry-After seconds",
+            503: "detector_svc unavailable or not deployed",
+            504: "detector_svc did not answer in time",
+        }
+    ),
 )
 async def detect(
     backends: BackendsDep,
@@ -103,11 +91,11 @@ async def detect(
     annotate: Annotated[bool, Form(description="Return the annotated image")] = True,
     model: Annotated[str, Form(description="Model name; empty: the default detection model")] = "",
     version: Annotated[str, Form(description="Model version; empty: the newest")] = "",
-) -> dict[str, Any]:
+) -> DetectResponse:
     """Boxes are in original-image pixels, highest confidence first; ``annotated_image`` is the photo with
     the boxes drawn (a PNG data URI), or null when ``annotate`` is false."""
     request = build_request(
-        await read_upload(file),
+        await file.read(),
         conf=conf,
         iou=iou,
         max_det=max_det,
@@ -118,12 +106,4 @@ async def detect(
         version=version,
     )
     reply = await backends.call("detector", backends.detector.Detect, request)
-    return {
-        "success": True,
-        "num_objects": len(reply.boxes),
-        "detections": [detection_json(b) for b in reply.boxes],
-        "annotated_image": png_data_uri(reply.annotated_png) if reply.annotated_png else None,
-        "image": {"width": reply.image_width, "height": reply.image_height},
-        "model": model_json(reply.model),
-        "timing_ms": timing_json(reply.timing),
-    }
+    return DetectResponse.from_proto(reply)

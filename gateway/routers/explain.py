@@ -2,45 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
 from gateway.backends import BackendsDep
-from gateway.errors import ApiError
-from gateway.shapes import model_json, png_data_uri, prediction_json, read_upload, timing_json, top_json
+from gateway.errors import invalid_argument
+from gateway.responses import (
+    ExplainResponse,
+    Gradcam,
+    GradcamResponse,
+    ModelRef,
+    Prediction,
+    RankedClass,
+    TargetClass,
+    Timing,
+    error_responses,
+    png_data_uri,
+)
+from vision.choices import CAM_METHODS, COLORMAPS, Choices
+from vision.errors import InvalidArgument
 from vision.v1 import common_pb2, explainer_pb2
 
 router = APIRouter(tags=["explain"])
-E = TypeVar("E")
-
-METHODS = {
-    "cam": explainer_pb2.CAM_METHOD_CAM,
-    "gradcam": explainer_pb2.CAM_METHOD_GRAD_CAM,
-    "gradcampp": explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS,
-}
-METHOD_NAMES = {v: k for k, v in METHODS.items()}
-COLORMAPS = {
-    "jet": explainer_pb2.COLORMAP_JET,
-    "viridis": explainer_pb2.COLORMAP_VIRIDIS,
-    "inferno": explainer_pb2.COLORMAP_INFERNO,
-    "turbo": explainer_pb2.COLORMAP_TURBO,
-    "gray": explainer_pb2.COLORMAP_GRAY,
-}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Bad input"},
-    404: {"description": "Unknown model"},
-    413: {"description": "Upload too large"},
-    429: {"description": "Overloaded"},
-    503: {"description": "explain_svc unavailable or not deployed"},
-}
+ERRORS = error_responses(
+    {
+        400: "Bad input: not an accepted image, or a bad option",
+        404: "Unknown model or version",
+        413: "Upload too large",
+        429: "Overloaded: retry after Retry-After seconds",
+        503: "explain_svc unavailable or not deployed",
+        504: "explain_svc did not answer in time",
+    }
+)
 
 
-def _choice(field: str, value: str, accepted: Mapping[str, E]) -> E:
-    if value not in accepted:
-        raise ApiError(400, "invalid_argument", f"unknown {field} {value!r}; accepted: {', '.join(accepted)}")
-    return accepted[value]
+def _enum(choices: Choices, name: str) -> int:
+    """The proto enum value of a form's option name; 400 naming the accepted ones otherwise."""
+    try:
+        return choices.to_enum(name)
+    except InvalidArgument as exc:
+        raise invalid_argument(exc) from None
 
 
 def build_request(
@@ -59,10 +61,10 @@ def build_request(
     request = explainer_pb2.ExplainRequest(
         image=image,
         model=common_pb2.ModelRef(name=model, version=version),
-        method=_choice("method", method, METHODS),
+        method=_enum(CAM_METHODS, method),  # type: ignore[arg-type]
         layer=layer,
         alpha=alpha,
-        colormap=_choice("colormap", colormap, COLORMAPS),
+        colormap=_enum(COLORMAPS, colormap),  # type: ignore[arg-type]
         top_k=top_k,
     )
     target = target_class.strip()
@@ -81,24 +83,31 @@ async def explain_upload(
 
 
 @router.post(
-    "/explain", summary="Explain a classification with CAM, Grad-CAM or Grad-CAM++", responses=ERRORS
+    "/explain",
+    summary="Explain a classification with CAM, Grad-CAM or Grad-CAM++",
+    response_model=ExplainResponse,
+    responses=ERRORS,
 )
 async def explain(
     backends: BackendsDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
-    method: Annotated[str, Form(description="cam | gradcam | gradcampp")] = "gradcam",
+    method: Annotated[
+        str, Form(description="The CAM method", json_schema_extra={"enum": list(CAM_METHODS.names)})
+    ] = CAM_METHODS.default,
     target_class: Annotated[str, Form(description="Class index or label; empty: the predicted class")] = "",
     layer: Annotated[str, Form(description="Module name, e.g. layer3; empty: the last conv block")] = "",
     alpha: Annotated[float, Form(ge=0.0, le=1.0, description="Heatmap opacity in the overlay")] = 0.5,
-    colormap: Annotated[str, Form(description="jet | viridis | inferno | turbo | gray")] = "jet",
+    colormap: Annotated[
+        str, Form(description="Colours of the overlay", json_schema_extra={"enum": list(COLORMAPS.names)})
+    ] = COLORMAPS.default,
     model: Annotated[str, Form(description="Model name; empty: the default model")] = "",
     version: Annotated[str, Form(description="Model version; empty: the newest")] = "",
-) -> dict[str, Any]:
+) -> ExplainResponse:
     """``heatmap`` is the raw map at model-input resolution (224x224 by default) as an 8-bit grayscale PNG,
     value = round(255 * h) for h in [0, 1]; ``overlay_image`` is the coloured map over the uploaded photo,
     placed on the region the model saw (the centre crop)."""
     request = build_request(
-        await read_upload(file),
+        await file.read(),
         method=method,
         target_class=target_class,
         layer=layer,
@@ -108,55 +117,53 @@ async def explain(
         version=version,
     )
     reply = await explain_upload(backends, request)
-    return {
-        "success": True,
-        "prediction": prediction_json(reply.prediction),
-        "top5": top_json(reply.top_k),
-        "method": METHOD_NAMES[reply.method],
-        "layer": reply.layer,
-        "target_class": {
-            "class": reply.target.label,
-            "class_id": reply.target.class_id,
-            "confidence": reply.target.score,
-        },
-        "heatmap": png_data_uri(reply.heatmap_png),
-        "overlay_image": png_data_uri(reply.overlay_png),
-        "model": model_json(reply.model),
-        "timing_ms": timing_json(reply.timing),
-    }
+    target = reply.target
+    return ExplainResponse(
+        prediction=Prediction.from_proto(reply.prediction),
+        top5=RankedClass.ranking(reply.top_k),
+        method=CAM_METHODS.from_enum(reply.method),
+        layer=reply.layer,
+        target_class=TargetClass(class_=target.label, class_id=target.class_id, confidence=target.score),
+        heatmap=png_data_uri(reply.heatmap_png),
+        overlay_image=png_data_uri(reply.overlay_png),
+        model=ModelRef.from_proto(reply.model),
+        timing_ms=Timing.from_proto(reply.timing),
+    )
 
 
-@router.post("/predict/gradcam", summary="Classify and show the Grad-CAM overlay", responses=ERRORS)
+@router.post(
+    "/predict/gradcam",
+    summary="Classify and show the Grad-CAM overlay",
+    response_model=GradcamResponse,
+    responses=ERRORS,
+)
 async def predict_gradcam(
     backends: BackendsDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
     model: Annotated[str, Form(description="Model name; empty: the default model")] = "",
     version: Annotated[str, Form(description="Model version; empty: the newest")] = "",
-) -> dict[str, Any]:
+) -> GradcamResponse:
     """The original project's shape; ``gradcam.heatmap_image`` is the overlay on the uploaded photo."""
     request = build_request(
-        await read_upload(file),
+        await file.read(),
         method="gradcam",
         target_class="",
         layer="",
         alpha=0.5,
-        colormap="jet",
+        colormap=COLORMAPS.default,
         model=model,
         version=version,
     )
     reply = await explain_upload(backends, request)
     best = reply.prediction
-    return {
-        "success": True,
-        "prediction": prediction_json(best),
-        "top5": top_json(reply.top_k),
-        "gradcam": {
-            "heatmap_image": png_data_uri(reply.overlay_png),
-            "description": (
-                f"Grad-CAM at {reply.layer}: warm colours mark the regions that most increased the score of "
-                f"'{best.label}' ({best.score * 100:.1f}%)."
-            ),
-        },
-        "model": model_json(reply.model),
-        "timing_ms": timing_json(reply.timing),
-    }
+    description = (
+        f"Grad-CAM at {reply.layer}: warm colours mark the regions that most increased the score of "
+        f"'{best.label}' ({best.score * 100:.1f}%)."
+    )
+    return GradcamResponse(
+        prediction=Prediction.from_proto(best),
+        top5=RankedClass.ranking(reply.top_k),
+        gradcam=Gradcam(heatmap_image=png_data_uri(reply.overlay_png), description=description),
+        model=ModelRef.from_proto(reply.model),
+        timing_ms=Timing.from_proto(reply.timing),
+    )

@@ -2,52 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
 
 from gateway.backends import BackendsDep
+from gateway.responses import Health, Liveness, ModelInfo, ModelsResponse, error_responses
 from vision.v1 import models_pb2
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", summary="The gateway process is up (liveness)")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="The gateway process is up (liveness)", response_model=Liveness)
+async def healthz() -> Liveness:
+    return Liveness()
 
 
-@router.get("/health", summary="gRPC health of every downstream service (200 when all SERVING, else 503)")
-async def health(backends: BackendsDep) -> JSONResponse:
+@router.get(
+    "/health",
+    summary="gRPC health of every downstream service (200 when all SERVING, else 503)",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "At least one service is not SERVING"}},
+)
+async def health(backends: BackendsDep, response: Response) -> Health:
     services = await backends.health()
     ok = all(status == "SERVING" for status in services.values())
-    return JSONResponse(
-        {"status": "ok" if ok else "degraded", "services": services}, status_code=200 if ok else 503
-    )
+    response.status_code = 200 if ok else 503
+    return Health(status="ok" if ok else "degraded", services=services)
 
 
-@router.get("/models", summary="Models the classifier can serve")
-async def models(backends: BackendsDep, task: str = "") -> dict[str, Any]:
+@router.get(
+    "/models",
+    summary="Models the classifier can serve, each with whether it is loaded (and why not)",
+    response_model=ModelsResponse,
+    responses=error_responses(
+        {503: "classifier_svc unavailable", 504: "classifier_svc did not answer in time"}
+    ),
+)
+async def models(backends: BackendsDep, task: str = "") -> ModelsResponse:
     reply = await backends.call(
         "classifier", backends.classifier_models.ListModels, models_pb2.ListModelsRequest(task=task)
     )
-    return {
-        "success": True,
-        "default_model": reply.default_model,
-        "models": [
-            {
-                "name": m.name,
-                "version": m.version,
-                "architecture": m.architecture,
-                "task": m.task,
-                "num_classes": m.num_classes,
-                "class_names": list(m.class_names),
-                "created_at": m.created_at.ToDatetime().isoformat() + "Z" if m.created_at.seconds else "",
-                "metrics": dict(m.metrics),
-                "source": m.source,
-                "loaded": m.loaded,
-            }
-            for m in reply.models
-        ],
-    }
+    return ModelsResponse(
+        default_model=reply.default_model, models=[ModelInfo.from_proto(m) for m in reply.models]
+    )

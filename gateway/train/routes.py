@@ -8,131 +8,163 @@ from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from gateway.backends import BackendsDep
 from gateway.errors import ApiError, from_rpc_error
-from gateway.train_shapes import STATUS, job_json, job_urls, metrics_json, model_urls, sse
-from gateway.train_upload import TrainForm, create_job
+from gateway.responses import ModelRef, error_responses
+from gateway.train.form import DEFAULT_MODEL_NAME, NUMBERS, TrainForm
+from gateway.train.responses import (
+    STATUS,
+    Job,
+    JobCreated,
+    JobEvent,
+    JobLinks,
+    JobResponse,
+    JobsResponse,
+    Metrics,
+    ModelLinks,
+    ModelReport,
+    ProgressEvent,
+    sse,
+)
+from gateway.train.upload import create_job
+from vision.choices import ARCHITECTURES, OPTIMIZERS, PRETRAINED_ARCHITECTURES
 from vision.v1 import common_pb2, trainer_pb2
 
 router = APIRouter(tags=["train"])
 TRAIN_PATH = "/train"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Bad input: labels, files, options"},
-    404: {"description": "Unknown job or model"},
-    409: {"description": "Pretrained weights unavailable, or the job already ended"},
-    413: {"description": "Upload over the file-count or byte limit"},
-    503: {"description": "trainer_svc unavailable or not deployed"},
-}
-_FORM_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "label1": {
-                            "type": "string",
-                            "description": "Name of class 1 (label2 ... labelN likewise)",
-                        },
-                        "files1": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "Images of class 1 (files2 ... filesN likewise); after the fields",
-                        },
-                        "model_name": {"type": "string", "default": "custom"},
-                        "arch": {"type": "string", "enum": ["resnet18", "resnet50", "smallcnn"]},
-                        "pretrained": {"type": "boolean", "description": "default: true except smallcnn"},
-                        "freeze_backbone": {"type": "boolean", "description": "default: pretrained"},
-                        "epochs": {"type": "integer", "default": 5},
-                        "batch_size": {"type": "integer", "default": 32},
-                        "lr": {"type": "number", "default": 0.001},
-                        "img_size": {"type": "integer", "default": 224},
-                        "val_split": {"type": "number", "default": 0.2},
-                        "seed": {"type": "integer", "default": 0},
-                        "patience": {"type": "integer", "default": 5},
-                        "optimizer": {"type": "string", "enum": ["adam", "sgd"]},
-                        "label_smoothing": {"type": "number", "default": 0},
-                        "hflip": {"type": "boolean", "default": True},
-                    },
-                    "required": ["label1", "label2", "files1", "files2"],
-                }
-            }
-        },
+ERRORS = error_responses(
+    {
+        400: "Bad input: labels, files, options",
+        404: "Unknown job or model",
+        409: "Pretrained weights unavailable, or the job already ended",
+        413: "Upload over the file-count or byte limit",
+        429: "The trainer is busy: retry after Retry-After seconds",
+        503: "trainer_svc unavailable or not deployed",
     }
+)
+
+
+# Each event's ``data:`` line is one JSON object; the models are added to the components in `gateway.main`.
+EVENT_MODELS = (JobEvent, ProgressEvent)
+EVENT_STREAM_SCHEMA = {
+    "type": "string",
+    "description": "Server-Sent Events: `event: state | message` with a JobEvent as `data:`, "
+    "`event: progress | epoch` with a ProgressEvent",
+    "contentSchema": {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS]},
 }
 
 
-async def _unary(call: Any) -> Any:
+def _form_doc() -> dict[str, Any]:
+    """The multipart form of POST /train, for OpenAPI (the body is parsed as it streams, not by FastAPI)."""
+    described = {"type": "string", "description": "Name of class 1 (label2 ... labelN likewise)"}
+    files = {
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
+        "description": "Images of class 1 (files2 ... filesN likewise); after the fields",
+    }
+    properties: dict[str, Any] = {
+        "label1": described,
+        "files1": files,
+        "model_name": {"type": "string", "default": DEFAULT_MODEL_NAME},
+        "arch": {"type": "string", "enum": list(ARCHITECTURES.names), "default": ARCHITECTURES.default},
+        "pretrained": {
+            "type": "boolean",
+            "description": f"default: true for {', '.join(PRETRAINED_ARCHITECTURES)}, else false",
+        },
+        "freeze_backbone": {"type": "boolean", "description": "default: pretrained"},
+        "optimizer": {"type": "string", "enum": list(OPTIMIZERS.names), "default": OPTIMIZERS.default},
+        "hflip": {"type": "boolean", "default": True},
+    }
+    for name, _, kind, _ in NUMBERS:
+        properties[name] = {
+            "type": "integer" if kind is int else "number",
+            "description": "unset: the trainer's default",
+        }
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": ["label1", "label2", "files1", "files2"],
+    }
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+async def _unary(call: Any, retry_after_s: int) -> Any:
     try:
         return await call
     except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, "trainer", 1) from exc
+        raise from_rpc_error(exc, "trainer", retry_after_s) from exc
 
 
 @router.post(
     TRAIN_PATH,
     status_code=202,
     summary="Start a training job from labelled images (N classes)",
+    response_model=JobCreated,
     responses=ERRORS,
-    openapi_extra=_FORM_DOC,
+    openapi_extra=_form_doc(),
 )
-async def train(request: Request, backends: BackendsDep) -> JSONResponse:
+async def train(request: Request, backends: BackendsDep) -> JobCreated:
     """Multipart fields first (``label1``..``labelN`` and options), then ``files1``..``filesN``: the body is
     streamed to the trainer as it arrives. Answers once every image is stored and the job is queued."""
     settings = backends.settings
-    backends.channel("trainer")  # 503 when no trainer is deployed
+    channel = backends.trainer_upload  # 503 when no trainer is deployed
     form = TrainForm(max_files=settings.train_max_files, max_bytes=settings.train_max_bytes)
     job = await create_job(
-        settings.trainer_addr,
+        channel,
         request.headers.get("content-type", ""),
         request.stream(),
         form,
         timeout_s=settings.train_timeout_s,
         retry_after_s=settings.retry_after_s,
     )
-    body = {"success": True, "job_id": job.id, "status": STATUS.get(job.state, "queued"), **job_urls(job.id)}
-    return JSONResponse(body, status_code=202)
+    return JobCreated(job_id=job.id, status=STATUS.get(job.state, "queued"), **JobLinks.urls(job.id))
 
 
-@router.get("/jobs", summary="Training jobs, newest first", responses=ERRORS)
-async def list_jobs(backends: BackendsDep, page_size: int = 50, page_token: str = "") -> dict[str, Any]:
+@router.get("/jobs", summary="Training jobs, newest first", response_model=JobsResponse, responses=ERRORS)
+async def list_jobs(backends: BackendsDep, page_size: int = 50, page_token: str = "") -> JobsResponse:
     request = trainer_pb2.ListJobsRequest(page_size=page_size, page_token=page_token)
     reply = await backends.call("trainer", backends.trainer.ListJobs, request)
-    return {
-        "success": True,
-        "jobs": [job_json(j) for j in reply.jobs],
-        "next_page_token": reply.next_page_token,
-    }
+    return JobsResponse(jobs=[Job.from_proto(j) for j in reply.jobs], next_page_token=reply.next_page_token)
 
 
 @router.get(
-    "/jobs/{job_id}", summary="A job: status, progress, metrics, published model, error", responses=ERRORS
+    "/jobs/{job_id}",
+    summary="A job: status, progress, metrics, published model, error",
+    response_model=JobResponse,
+    responses=ERRORS,
 )
-async def get_job(job_id: str, backends: BackendsDep) -> dict[str, Any]:
+async def get_job(job_id: str, backends: BackendsDep) -> JobResponse:
     job = await backends.call("trainer", backends.trainer.GetJob, trainer_pb2.GetJobRequest(job_id=job_id))
-    return {"success": True, **job_json(job)}
+    return JobResponse.model_validate(Job.fields(job))
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job", responses=ERRORS)
-async def cancel_job(job_id: str, backends: BackendsDep) -> dict[str, Any]:
+@router.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a queued or running job",
+    response_model=JobResponse,
+    responses=ERRORS,
+)
+async def cancel_job(job_id: str, backends: BackendsDep) -> JobResponse:
     job = await backends.call(
         "trainer", backends.trainer.CancelJob, trainer_pb2.CancelJobRequest(job_id=job_id)
     )
-    return {"success": True, **job_json(job)}
+    return JobResponse.model_validate(Job.fields(job))
 
 
 @router.get(
     "/jobs/{job_id}/events",
     summary="Live progress as Server-Sent Events (history first), until the job ends",
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    response_class=StreamingResponse,
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}}}},
 )
 async def job_events(job_id: str, backends: BackendsDep) -> StreamingResponse:
     """``event: state | progress | epoch | message`` with one JSON object per ``data:`` line."""
     call = backends.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id))
-    first = await _unary(call.read())  # an unknown job fails here, as a JSON 404, not inside the stream
+    first = await _unary(
+        call.read(), backends.settings.retry_after_s
+    )  # an unknown job fails here, as a JSON 404, not inside the stream
 
     async def stream() -> AsyncIterator[bytes]:
         event, number = first, 0
@@ -160,25 +192,28 @@ async def _report(backends: BackendsDep, name: str, version: str) -> trainer_pb2
 
 
 @router.get(
-    "/models/{name}/versions/{version}/report", summary="A trained version's metrics", responses=ERRORS
+    "/models/{name}/versions/{version}/report",
+    summary="A trained version's metrics",
+    response_model=ModelReport,
+    responses=ERRORS,
 )
-async def model_report(name: str, version: str, backends: BackendsDep) -> dict[str, Any]:
+async def model_report(name: str, version: str, backends: BackendsDep) -> ModelReport:
     """``version`` is a number or ``latest``."""
     reply = await _report(backends, name, version)
     model = reply.report.model
-    return {
-        "success": True,
-        "model": {"name": model.name, "version": model.version},
-        "job_id": reply.job_id,
-        "metrics": metrics_json(reply.report),
-        **model_urls(model.name, model.version),
-    }
+    return ModelReport(
+        model=ModelRef.from_proto(model),
+        job_id=reply.job_id,
+        metrics=Metrics.from_proto(reply.report),
+        **ModelLinks.urls(model.name, model.version),
+    )
 
 
 @router.get(
     "/models/{name}/versions/{version}/{image}.png",
     summary="A trained version's confusion matrix or training curves (PNG)",
-    responses={**ERRORS, 200: {"content": {"image/png": {}}}},
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 async def model_image(name: str, version: str, image: str, backends: BackendsDep) -> Response:
     """``image`` is ``confusion_matrix`` or ``training_curves``."""
