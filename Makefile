@@ -70,7 +70,7 @@ k8s-tools:
 ## Render deploy/k8s (both overlays, the Helm chart with each values file), helm lint, validate every object
 ## against the Kubernetes schemas, and the deploy policy tests. `make test` runs the same tests.
 k8s-validate: install k8s-tools
-	$(PY) -m pytest -q tests/test_deploy_render.py tests/test_deploy_policy.py tests/test_deploy_images.py
+	$(PY) -m pytest -q tests/test_deploy_render.py tests/test_deploy_policy.py tests/test_deploy_network.py tests/test_deploy_images.py
 
 ## One image per service, built from the repository root: $(REGISTRY)/vision-<service>:$(TAG).
 images:

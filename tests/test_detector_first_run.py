@@ -19,7 +19,7 @@ import pytest
 
 from detector_svc.checkpoints import import_yolo_checkpoint
 from tests.conftest import publish_random_model, start_classifier, ultralytics_asset
-from tests.test_detector_support import make_yolo_checkpoint, start_detector
+from tests.support.detector import make_yolo_checkpoint, start_detector
 from vision.cli import main as vision_cli
 from vision.models.store import ModelStore
 from vision.v1 import (

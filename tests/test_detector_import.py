@@ -13,7 +13,7 @@ import torch
 
 from detector_svc.checkpoints import import_yolo_checkpoint
 from tests.conftest import publish_random_model, ultralytics_asset
-from tests.test_detector_support import (
+from tests.support.detector import (
     YOLO,
     as_float32,
     coco_names,

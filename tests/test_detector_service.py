@@ -17,7 +17,7 @@ from PIL import Image
 
 from detector_svc.checkpoints import import_yolo_checkpoint
 from tests.conftest import ultralytics_asset
-from tests.test_detector_support import (
+from tests.support.detector import (
     YOLO,
     as_float32,
     assert_same_detections,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from detector_svc.checkpoints import import_yolo_checkpoint
 from tests.conftest import live_gateway, ultralytics_asset
-from tests.test_detector_support import (
+from tests.support.detector import (
     YOLO,
     as_float32,
     assert_same_detections,

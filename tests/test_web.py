@@ -22,9 +22,10 @@ from tests.conftest import (
     start_classifier,
     ultralytics_asset,
 )
+from tests.support.detector import make_yolo_checkpoint, start_detector
 from tests.support.digits import digit_images
 from tests.support.trainer import running_trainer, trainer_settings
-from tests.test_detector_support import make_yolo_checkpoint, start_detector
+from vision.choices import ARCHITECTURES, CAM_METHODS, COLORMAPS
 from vision.models.store import ModelStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -110,6 +111,17 @@ def test_classify_a_photo_and_see_the_top5_chart(page: Page) -> None:
     expect(page.locator("#prediction")).to_contain_text("resnet18 v1")
     expect(page.locator("#chart li")).to_have_count(5)
     expect(page.locator("#busy")).to_be_hidden()
+
+
+def test_the_pages_option_lists_are_the_systems_choices(page: Page) -> None:
+    """The page has no option list of its own: it reads them from the gateway's OpenAPI schema."""
+    page.get_by_role("tab", name="Explain").click()
+    expect(page.locator("#method option")).to_have_count(len(CAM_METHODS.names))
+    assert [o.get_attribute("value") for o in page.locator("#method option").all()] == list(CAM_METHODS.names)
+    assert page.locator("#method").input_value() == CAM_METHODS.default
+    assert page.locator("#colormap option").all_inner_texts() == list(COLORMAPS.names)
+    assert page.locator("#colormap").input_value() == COLORMAPS.default
+    assert page.locator("#train-arch option").all_inner_texts() == list(ARCHITECTURES.names)
 
 
 def test_explain_shows_the_overlay_next_to_the_original(page: Page) -> None:

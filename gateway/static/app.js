@@ -30,6 +30,33 @@ async function api(path, options = {}) {
   return body;
 }
 
+// -- choices: the gateway's OpenAPI schema lists every option set (from vision.choices); the page has none --
+const LABELS = { cam: "CAM", gradcam: "Grad-CAM", gradcampp: "Grad-CAM++" };
+
+function formField(spec, path, field) {
+  let schema = spec.paths[path].post.requestBody.content["multipart/form-data"].schema;
+  if (schema.$ref) schema = spec.components.schemas[schema.$ref.split("/").pop()];
+  return schema.properties[field];
+}
+
+function fillSelect(select, property) {
+  if (!property || !property.enum) return;
+  const current = select.value || property.default;
+  select.replaceChildren(...property.enum.map((value) => new Option(LABELS[value] || value, value)));
+  select.value = property.enum.includes(current) ? current : property.enum[0];
+}
+
+async function loadChoices() {
+  try {
+    const spec = await api("/openapi.json");
+    fillSelect($("#method"), formField(spec, "/explain", "method"));
+    fillSelect($("#colormap"), formField(spec, "/explain", "colormap"));
+    fillSelect($("#train-arch"), formField(spec, "/train", "arch"));
+  } catch (err) {
+    showError(`The options could not be loaded: ${err.message}`);
+  }
+}
+
 // -- models and health ------------------------------------------------------------------------------------
 async function loadModels(selected = "") {
   const task = state.mode === "detect" ? "detection" : "classification";
@@ -343,6 +370,7 @@ function init() {
   $("#cancel-job").addEventListener("click", () => state.job && api(`/jobs/${state.job}/cancel`, { method: "POST" }).catch((e) => showError(e.message)));
   addClassCard();
   addClassCard();
+  loadChoices();
   loadModels();
   checkHealth();
   setInterval(checkHealth, 15000);
