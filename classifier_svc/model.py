@@ -13,20 +13,15 @@ from classifier_svc.config import ClassifierSettings
 from vision.image.decode import decode_image
 from vision.models.store import ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
-from vision.serving.engine import ServingEngine
+from vision.serving.engine import Answered, ServingEngine
 
 
 @dataclass(frozen=True)
 class Classification:
-    """Top-k (class_id, label, score) highest first, the version that answered, and where time went (ms)."""
+    """Top-k (class_id, label, score) highest first, and which version answered in how long."""
 
     classes: list[tuple[int, str, float]]
-    model_name: str
-    model_version: str
-    decode_ms: float
-    queue_ms: float
-    inference_ms: float
-    batch_size: int
+    answered: Answered
 
 
 class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tensor]):
@@ -62,10 +57,5 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tenso
         batched = self.batcher.run(model, tensor, timeout=timeout)
         return Classification(
             top_classes(batched.value, top_k, model.class_names),
-            name,
-            resolved_version,
-            decode_ms,
-            batched.queue_ms,
-            batched.inference_ms,
-            batched.batch_size,
+            Answered.of(name, resolved_version, decode_ms, batched),
         )

@@ -8,7 +8,7 @@ import grpc
 
 from classifier_svc.model import ClassifierEngine
 from vision.errors import InvalidArgument
-from vision.rpc.timing import timing_message
+from vision.rpc.timing import model_ref, timing_message
 from vision.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 DEFAULT_TOP_K = 5
@@ -37,6 +37,6 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             classes=[
                 common_pb2.ScoredClass(class_id=i, label=label, score=s) for i, label, s in result.classes
             ],
-            model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
-            timing=timing_message(result, start),
+            model=model_ref(result.answered),
+            timing=timing_message(result.answered, start),
         )

@@ -29,7 +29,7 @@ from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
 from vision.image.decode import decode_image
 from vision.image.png import encode_png
 from vision.models.store import ModelVersion
-from vision.serving.engine import ServingEngine
+from vision.serving.engine import Answered, ServingEngine
 
 if TYPE_CHECKING:
     from ultralytics.engine.results import Results
@@ -118,12 +118,7 @@ class Detection:
     annotated_png: bytes
     image_width: int
     image_height: int
-    model_name: str
-    model_version: str
-    decode_ms: float
-    queue_ms: float
-    inference_ms: float
-    batch_size: int
+    answered: Answered
 
 
 def load_for_serving(version: ModelVersion, device: torch.device, half: bool) -> ServedDetector:
@@ -212,10 +207,5 @@ class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
             annotated_png=annotated,
             image_width=picture.width,
             image_height=picture.height,
-            model_name=name,
-            model_version=resolved_version,
-            decode_ms=decode_ms,
-            queue_ms=batched.queue_ms,
-            inference_ms=batched.inference_ms,
-            batch_size=batched.batch_size,
+            answered=Answered.of(name, resolved_version, decode_ms, batched),
         )

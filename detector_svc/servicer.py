@@ -8,8 +8,8 @@ import grpc
 
 from detector_svc.model import Detection, DetectorEngine
 from detector_svc.options import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, DetectOptions
-from vision.rpc.timing import timing_message
-from vision.v1 import common_pb2, detector_pb2, detector_pb2_grpc
+from vision.rpc.timing import model_ref, timing_message
+from vision.v1 import detector_pb2, detector_pb2_grpc
 
 
 def _threshold(value: float) -> float:
@@ -49,8 +49,8 @@ def response_from(result: Detection, start: float) -> detector_pb2.DetectRespons
         annotated_png=result.annotated_png,
         image_width=result.image_width,
         image_height=result.image_height,
-        model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
-        timing=timing_message(result, start),
+        model=model_ref(result.answered),
+        timing=timing_message(result.answered, start),
     )
 
 

@@ -18,7 +18,7 @@ from vision.image.decode import decode_image
 from vision.image.png import encode_png
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
-from vision.serving.engine import ServingEngine
+from vision.serving.engine import Answered, ServingEngine
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,7 @@ class Explanation:
     layer: str
     heatmap_png: bytes
     overlay_png: bytes
-    model_name: str
-    model_version: str
-    decode_ms: float
-    queue_ms: float
-    inference_ms: float
-    batch_size: int
+    answered: Answered
 
 
 def resolve_target(target: int | str | None, class_names: list[str]) -> int | None:
@@ -124,12 +119,7 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
             layer=layer,
             heatmap_png=heatmap_png(result.heatmap),
             overlay_png=overlay,
-            model_name=name,
-            model_version=resolved_version,
-            decode_ms=decode_ms,
-            queue_ms=batched.queue_ms,
-            inference_ms=batched.inference_ms,
-            batch_size=batched.batch_size,
+            answered=Answered.of(name, resolved_version, decode_ms, batched),
         )
 
     def _overlay(

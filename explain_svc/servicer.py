@@ -10,7 +10,7 @@ from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.overlay import DEFAULT_ALPHA
 from vision.choices import CAM_METHODS, COLORMAPS
 from vision.errors import InvalidArgument
-from vision.rpc.timing import timing_message
+from vision.rpc.timing import model_ref, timing_message
 from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 
 
@@ -58,6 +58,6 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             layer=result.layer,
             heatmap_png=result.heatmap_png,
             overlay_png=result.overlay_png,
-            model=common_pb2.ModelRef(name=result.model_name, version=result.model_version),
-            timing=timing_message(result, start),
+            model=model_ref(result.answered),
+            timing=timing_message(result.answered, start),
         )

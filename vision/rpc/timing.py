@@ -1,4 +1,4 @@
-"""Where a request's time went, as every service reports it (vision.v1.Timing)."""
+"""Which version answered and where a request's time went, as every service reports it (ModelRef, Timing)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from vision.v1 import common_pb2
 
 
 class StageTimes(Protocol):
-    """What an engine's result says about its own time: milliseconds per stage and the batch it shared."""
+    """What an engine's result says about its own time: milliseconds per stage and the batch it shared
+    (`vision.serving.engine.Answered` is one)."""
 
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
     @property
     def decode_ms(self) -> float: ...
     @property
@@ -19,6 +24,11 @@ class StageTimes(Protocol):
     def inference_ms(self) -> float: ...
     @property
     def batch_size(self) -> int: ...
+
+
+def model_ref(result: StageTimes) -> common_pb2.ModelRef:
+    """The ModelRef of the version that answered."""
+    return common_pb2.ModelRef(name=result.model_name, version=result.model_version)
 
 
 def timing_message(result: StageTimes, start: float) -> common_pb2.Timing:

@@ -7,17 +7,37 @@ how to load a stored version (`load`) and how to run a batch (`run_batch`), and 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from vision.models.devices import resolve_device
 from vision.models.store import ModelStore, ModelVersion
-from vision.serving.batching import DynamicBatcher
+from vision.serving.batching import Batched, DynamicBatcher
 from vision.serving.registry import EMPTY_STORE_MESSAGE, PREFERRED_DEFAULT, ModelRegistry
 from vision.settings import ModelServiceSettings
 
 M = TypeVar("M")
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Which stored version answered a request, and where its time went (milliseconds; the batch it shared).
+
+    Every engine's result carries one (``result.answered``); the servicers turn it into ModelRef and Timing.
+    """
+
+    model_name: str
+    model_version: str
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+    @classmethod
+    def of(cls, name: str, version: str, decode_ms: float, batched: Batched[Any]) -> Answered:
+        return cls(name, version, decode_ms, batched.queue_ms, batched.inference_ms, batched.batch_size)
 
 
 class ServingEngine(Generic[M, T, R]):
