@@ -22,9 +22,12 @@ from vision import errors
 from vision.models.pretrained import PretrainedUnavailable
 from vision.rpc.status import (
     DEADLINE_MESSAGE,
+    ERROR_KIND_KEY,
     INTERNAL_MESSAGE,
     STATUS_BY_ERROR,
     ErrorMappingInterceptor,
+    kind_name,
+    kind_of,
     status_of,
 )
 
@@ -40,6 +43,7 @@ INTENDED: dict[type[errors.VisionError], grpc.StatusCode] = {
     errors.Conflict: Code.FAILED_PRECONDITION,
     errors.LimitExceeded: Code.OUT_OF_RANGE,
     errors.Overloaded: Code.RESOURCE_EXHAUSTED,
+    errors.StorageFull: Code.RESOURCE_EXHAUSTED,
     errors.NotReady: Code.UNAVAILABLE,
     errors.Cancelled: Code.CANCELLED,
     errors.InvalidImage: Code.INVALID_ARGUMENT,
@@ -67,6 +71,22 @@ def test_every_error_in_vision_errors_has_an_intended_status() -> None:
 @pytest.mark.parametrize("kind", INTENDED, ids=lambda cls: cls.__name__)
 def test_each_kind_maps_to_its_status(kind: type[errors.VisionError]) -> None:
     assert status_of(kind("message")) is INTENDED[kind]
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (errors.ImageTooLarge("x"), "invalid_argument"),
+        (errors.ModelLoadFailed("x"), "not_ready"),
+        (errors.StorageFull("x"), "storage_full"),
+        (errors.Overloaded("x"), "overloaded"),
+        (errors.VisionError("x"), "vision_error"),
+    ],
+)
+def test_each_error_names_its_kind_for_clients_that_need_more_than_the_status(
+    error: errors.VisionError, kind: str
+) -> None:
+    assert kind_name(kind_of(error)) == kind
 
 
 def test_the_table_lists_only_kinds_and_maps_them_as_intended() -> None:
@@ -209,6 +229,10 @@ def test_a_domain_error_in_a_unary_method_becomes_its_status_and_message(
         call(served[0], "Unary")(name.encode(), timeout=5)
     assert caught.value.code() is DOMAIN_CASES[name]
     assert caught.value.details() == str(failure(name))
+    error = failure(name)
+    assert isinstance(error, errors.VisionError)
+    trailing = dict(caught.value.trailing_metadata() or ())
+    assert trailing[ERROR_KIND_KEY] == kind_name(kind_of(error))
 
 
 def test_a_healthy_call_is_untouched(served: tuple[grpc.Channel, Methods]) -> None:

@@ -33,6 +33,10 @@ class LimitExceeded(VisionError):
     """The request is larger than a configured limit allows (an upload's files or bytes)."""
 
 
+class StorageFull(VisionError):
+    """The server's disk is full; nothing was kept. Retrying later (or elsewhere) may work."""
+
+
 class Overloaded(VisionError):
     """The request queue is full; retry after a short wait."""
 

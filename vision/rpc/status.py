@@ -9,6 +9,7 @@ in one line; anything else is logged with its traceback and reported as INTERNAL
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, NoReturn
@@ -26,20 +27,31 @@ STATUS_BY_ERROR: dict[type[errors.VisionError], grpc.StatusCode] = {
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.LimitExceeded: grpc.StatusCode.OUT_OF_RANGE,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.VisionError: grpc.StatusCode.INTERNAL,
 }
+# Trailing metadata naming the kind of domain error ("limit_exceeded", "storage_full", ...): status codes are
+# coarse (RESOURCE_EXHAUSTED is both a full queue and a full disk), so a client such as the gateway can tell.
+ERROR_KIND_KEY = "vision-error-kind"
 DEADLINE_MESSAGE = "the deadline passed before the model answered"
 INTERNAL_MESSAGE = "internal error; the service logged the details"
 
 
+def kind_of(error: errors.VisionError) -> type[errors.VisionError]:
+    """The nearest kind of ``error`` listed in `STATUS_BY_ERROR` (VisionError itself at worst)."""
+    return next(cls for cls in type(error).__mro__ if cls in STATUS_BY_ERROR)
+
+
+def kind_name(kind: type[errors.VisionError]) -> str:
+    """``LimitExceeded`` -> "limit_exceeded": the value sent under `ERROR_KIND_KEY`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower()
+
+
 def status_of(error: errors.VisionError) -> grpc.StatusCode:
     """The gRPC status code for ``error``: that of the nearest kind in `STATUS_BY_ERROR`."""
-    for cls in type(error).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return grpc.StatusCode.INTERNAL
+    return STATUS_BY_ERROR[kind_of(error)]
 
 
 def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> NoReturn:
@@ -48,6 +60,7 @@ def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -
         log.info("%s: the client went away before the answer (%s)", method, type(exc).__name__)
         context.abort(grpc.StatusCode.CANCELLED, "the client went away")
     if isinstance(exc, errors.VisionError):
+        context.set_trailing_metadata(((ERROR_KIND_KEY, kind_name(kind_of(exc))),))
         context.abort(status_of(exc), exc.message)
     if isinstance(exc, FutureTimeout):
         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
