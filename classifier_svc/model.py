@@ -48,13 +48,16 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tenso
     ) -> Classification:
         """Top-``top_k`` classes of ``image`` (clamped to the model's class count).
 
-        Decoding and preprocessing run in the caller's thread; the forward pass is batched with others'.
+        Decoding and preprocessing run in the caller's thread (at most ``max_concurrent_decodes`` at once);
+        the forward pass is batched with others'. ``timeout`` (seconds) bounds the whole call.
         """
         start = time.perf_counter()
+        deadline = self.deadline_after(timeout)
         name, resolved_version, model = self.registry.get(model_name, version)
-        tensor = model.preprocessing(decode_image(image, self.image_limits))
+        with self.decode_slot(deadline):
+            tensor = model.preprocessing(decode_image(image, self.image_limits))
         decode_ms = (time.perf_counter() - start) * 1000
-        batched = self.batcher.run(model, tensor, timeout=timeout)
+        batched = self.batcher.run(model, tensor, timeout=self.time_left(deadline))
         return Classification(
             top_classes(batched.value, top_k, model.class_names),
             Answered.of(name, resolved_version, decode_ms, batched),

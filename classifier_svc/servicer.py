@@ -8,6 +8,7 @@ import grpc
 
 from classifier_svc.model import ClassifierEngine
 from vision.errors import InvalidArgument
+from vision.rpc.deadline import call_timeout
 from vision.rpc.timing import model_ref, timing_message
 from vision.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
@@ -31,7 +32,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             model_name=request.model.name,
             version=request.model.version,
             top_k=top_k,
-            timeout=context.time_remaining(),
+            timeout=call_timeout(
+                context, self._engine.settings.default_deadline_s, self._engine.settings.max_deadline_s
+            ),
         )
         return classifier_pb2.ClassifyResponse(
             classes=[

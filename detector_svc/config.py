@@ -22,6 +22,13 @@ class DetectorSettings(ModelServiceSettings):
     max_det: int = Field(1000, ge=1, le=100_000, description="Largest max_det a request may ask for.")
     max_imgsz: int = Field(2048, ge=32, le=8192, description="Largest imgsz a request may ask for.")
     half: bool = Field(True, description="float16 inference on CUDA (ignored on CPU and for ONNX models).")
+    max_annotated_side: int = Field(
+        1920,
+        ge=64,
+        le=16384,
+        description="Annotated images of larger photos are drawn scaled down to this longer side (PNG); "
+        "lowered if need be so that the reply fits the message limit.",
+    )
     fetch_default: bool = Field(
         True, description="With no detection model in the store, fetch yolo11n.pt (in the background)."
     )

@@ -12,6 +12,7 @@ a single-image ``YOLO.predict`` of the same image with the same parameters.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from detector_svc.options import DetectOptions, resolve_classes
 from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
 from vision.image.decode import decode_image
 from vision.image.png import encode_png
-from vision.models.store import ModelVersion
+from vision.models.store import ModelStore, ModelVersion
 from vision.serving.engine import Answered, ServingEngine
 
 if TYPE_CHECKING:
@@ -140,6 +141,35 @@ def boxes_of(result: Results, names: list[str]) -> list[Box]:
     return sorted(boxes, key=lambda b: -b.confidence)
 
 
+def annotated_png(result: Results, max_side: int) -> bytes:
+    """PNG of Ultralytics' ``plot()`` of ``result``, its longer side at most ``max_side``.
+
+    A larger photo is scaled down (area interpolation) before the boxes are drawn on it, scaled with it, so
+    lines and labels keep a readable size and the reply stays small (~3 bytes a pixel at worst). A photo
+    that fits is drawn at its own size, exactly as ``result.plot()``.
+    """
+    from ultralytics.engine.results import Results as UltralyticsResults
+
+    height, width = result.orig_shape
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(result.orig_img, size, interpolation=cv2.INTER_AREA)
+        boxes = None
+        if result.boxes is not None:
+            boxes = torch.as_tensor(result.boxes.data).clone()
+            boxes[:, :4] *= torch.tensor([size[0] / width, size[1] / height] * 2, dtype=boxes.dtype)
+        result = UltralyticsResults(small, path=result.path, names=result.names, boxes=boxes)
+    return encode_png(Image.fromarray(cv2.cvtColor(result.plot(), cv2.COLOR_BGR2RGB)))
+
+
+def annotated_side_limit(max_side: int, max_message_bytes: int, max_det: int) -> int:
+    """``max_side``, lowered if need be so that the worst-case annotated PNG (3 bytes a pixel, +15% for
+    incompressible pixels) and ``max_det`` boxes fit in one reply of ``max_message_bytes``."""
+    budget = max_message_bytes - 64 * 1024 - 128 * max_det
+    return max(64, min(max_side, math.isqrt(max(0, int(budget / 3.45)))))
+
+
 class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
     """Decodes images in the caller's thread and batches the ``predict`` calls of concurrent callers."""
 
@@ -148,6 +178,12 @@ class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
     preferred_default = DEFAULT_MODEL
     empty_message = NO_DETECTION_MODEL
     settings: DetectorSettings
+
+    def __init__(self, store: ModelStore, settings: DetectorSettings) -> None:
+        super().__init__(store, settings)
+        self.max_annotated_side = annotated_side_limit(
+            settings.max_annotated_side, settings.max_message_bytes, settings.max_det
+        )
 
     def load(self, version: ModelVersion) -> ServedDetector:
         return load_for_serving(version, self.device, self.settings.half)
@@ -185,27 +221,32 @@ class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
         timeout: float | None = None,
     ) -> Detection:
         """Boxes in original-image pixels, equal to ``YOLO.predict(image, conf=, iou=, max_det=, classes=,
-        imgsz=)`` on the same weights; the annotated image (Ultralytics' ``plot()``) as PNG if asked for."""
+        imgsz=)`` on the same weights; the annotated image (Ultralytics' ``plot()``) as PNG if asked for, its
+        longer side at most ``max_annotated_side``. ``timeout`` (seconds) bounds the whole call."""
         start = time.perf_counter()
         options.check(self.settings.max_det, self.settings.max_imgsz)
         name, resolved_version, model = self._model(model_name, version)
         classes = resolve_classes(options.class_ids, options.class_names, model.class_names)
         imgsz = self._imgsz(model, options.imgsz)
-        picture = decode_image(image, self.image_limits)
-        bgr = cv2.cvtColor(np.asarray(picture), cv2.COLOR_RGB2BGR)  # Ultralytics' arrays are BGR (OpenCV)
+        deadline = self.deadline_after(timeout)
+        with self.decode_slot(deadline):
+            picture = decode_image(image, self.image_limits)
+            width, height = picture.size
+            bgr = cv2.cvtColor(np.asarray(picture), cv2.COLOR_RGB2BGR)  # Ultralytics' arrays are BGR (OpenCV)
+            del picture
         decode_ms = (time.perf_counter() - start) * 1000
         key = PredictKey(
             model, (bgr.shape[0], bgr.shape[1]), options.conf, options.iou, options.max_det, classes, imgsz
         )
-        batched = self.batcher.run(key, bgr, timeout=timeout)
+        batched = self.batcher.run(key, bgr, timeout=self.time_left(deadline))
         result = batched.value
         annotated = b""
         if options.annotate:
-            annotated = encode_png(Image.fromarray(cv2.cvtColor(result.plot(), cv2.COLOR_BGR2RGB)))
+            annotated = annotated_png(result, self.max_annotated_side)
         return Detection(
             boxes=boxes_of(result, model.class_names),
             annotated_png=annotated,
-            image_width=picture.width,
-            image_height=picture.height,
+            image_width=width,
+            image_height=height,
             answered=Answered.of(name, resolved_version, decode_ms, batched),
         )

@@ -8,6 +8,7 @@ import grpc
 
 from detector_svc.model import Detection, DetectorEngine
 from detector_svc.options import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET, DetectOptions
+from vision.rpc.deadline import call_timeout
 from vision.rpc.timing import model_ref, timing_message
 from vision.v1 import detector_pb2, detector_pb2_grpc
 
@@ -67,6 +68,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             options_from(request),
             model_name=request.model.name,
             version=request.model.version,
-            timeout=context.time_remaining(),
+            timeout=call_timeout(
+                context, self._engine.settings.default_deadline_s, self._engine.settings.max_deadline_s
+            ),
         )
         return response_from(result, start)

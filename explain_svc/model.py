@@ -11,7 +11,7 @@ from PIL import Image
 
 from explain_svc.cam import METHODS, CamResult, check_request, explain_batch
 from explain_svc.config import ExplainSettings
-from explain_svc.overlay import DEFAULT_ALPHA, check_style, heatmap_png, render_overlay
+from explain_svc.overlay import DEFAULT_ALPHA, check_style, heatmap_png, render_overlay, scale_to_fit
 from vision.choices import CAM_METHODS, COLORMAPS
 from vision.errors import InvalidArgument
 from vision.image.decode import decode_image
@@ -97,7 +97,8 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
         version: str = "",
         timeout: float | None = None,
     ) -> Explanation:
-        """Validate, decode here, batch the CAM computation with other callers', render the images here."""
+        """Validate, decode here (at most ``max_concurrent_decodes`` at once), batch the CAM computation with
+        other callers', render the images here. ``timeout`` (seconds) bounds the whole call."""
         start = time.perf_counter()
         check_style(options.colormap, options.alpha)
         name, resolved_version, model = self.registry.get(model_name, version)
@@ -105,12 +106,20 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
             model.module, model.version.metadata.architecture, options.method, options.layer
         )
         target = resolve_target(options.target, model.class_names)
-        picture = decode_image(image, self.image_limits)
-        tensor = model.preprocessing(picture)
+        deadline = self.deadline_after(timeout)
+        with self.decode_slot(deadline):
+            picture = decode_image(image, self.image_limits)
+            tensor = model.preprocessing(picture)
+            # Keep only what the overlay is drawn on (at most max_overlay_side), not the full photo.
+            box = model.preprocessing.crop_box(picture.width, picture.height)
+            picture, scale = scale_to_fit(picture, self.max_overlay_side)
+            box = (box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale)
         decode_ms = (time.perf_counter() - start) * 1000
-        batched = self.batcher.run((model, options.method, layer), (tensor, target), timeout=timeout)
+        batched = self.batcher.run(
+            (model, options.method, layer), (tensor, target), timeout=self.time_left(deadline)
+        )
         result = batched.value
-        overlay = self._overlay(picture, result, model, options)
+        overlay = self._overlay(picture, box, result, options)
         names = model.class_names
         return Explanation(
             top=top_classes(result.probs, options.top_k, names),
@@ -123,9 +132,12 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
         )
 
     def _overlay(
-        self, picture: Image.Image, result: CamResult, model: LoadedClassifier, options: ExplainOptions
+        self,
+        picture: Image.Image,
+        box: tuple[float, float, float, float],
+        result: CamResult,
+        options: ExplainOptions,
     ) -> bytes:
-        box = model.preprocessing.crop_box(picture.width, picture.height)
         overlay = render_overlay(
             picture,
             result.heatmap,

@@ -36,6 +36,17 @@ def _lut(colormap: str) -> np.ndarray:
     return np.round(rgba[:, :3] * 255).astype(np.uint8)
 
 
+def scale_to_fit(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
+    """``image`` scaled down (bilinear) so that its longer side is at most ``max_side``, and the scale
+    applied (1.0: ``image`` itself, unchanged). Scaling an image that already fits changes nothing."""
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR
+        )
+    return image, scale
+
+
 def render_overlay(
     image: Image.Image,
     heatmap: torch.Tensor,
@@ -52,11 +63,7 @@ def render_overlay(
     ``colormap`` and ``alpha`` are checked by the caller (`check_style`), before any work is queued.
     """
     lut = _lut(colormap)
-    scale = min(1.0, max_side / max(image.size))
-    if scale < 1.0:
-        image = image.resize(
-            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR
-        )
+    image, scale = scale_to_fit(image, max_side)
     left, top, right, bottom = (round(v * scale) for v in crop_box)
     left, top = max(left, 0), max(top, 0)
     right, bottom = min(right, image.width), min(bottom, image.height)

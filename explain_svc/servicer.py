@@ -10,6 +10,7 @@ from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.overlay import DEFAULT_ALPHA
 from vision.choices import CAM_METHODS, COLORMAPS
 from vision.errors import InvalidArgument
+from vision.rpc.deadline import call_timeout
 from vision.rpc.timing import model_ref, timing_message
 from vision.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 
@@ -48,7 +49,9 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             self._options(request, top_k),
             model_name=request.model.name,
             version=request.model.version,
-            timeout=context.time_remaining(),
+            timeout=call_timeout(
+                context, self._engine.settings.default_deadline_s, self._engine.settings.max_deadline_s
+            ),
         )
         return explainer_pb2.ExplainResponse(
             prediction=_scored(*result.top[0]),

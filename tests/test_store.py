@@ -55,7 +55,9 @@ def test_weights_round_trip_exactly(store: ModelStore) -> None:
     assert torch.equal(model(x), reference(x))
 
 
-def test_concurrent_publishers_get_distinct_versions(store: ModelStore) -> None:
+def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models", keep_versions=0)  # all 8 kept: this test is about numbering
+
     def publish_one() -> None:
         def write(tmp: Path) -> dict[str, str]:
             (tmp / "w.bin").write_bytes(b"x")

@@ -122,9 +122,12 @@ def test_a_spec_survives_its_json_form_unchanged() -> None:
     assert back.WhichOneof("dataset") == "food101" and not back.HasField("horizontal_flip")
 
 
-def test_every_state_and_event_kind_has_its_own_proto_value() -> None:
+def test_every_state_and_event_kind_has_its_own_proto_value_and_publishing_shows_as_running() -> None:
     assert sorted(convert.JOB_STATES) == sorted(JobState)
-    assert len(set(convert.JOB_STATES.values())) == len(JobState)
+    # PUBLISHING is the service's own guard against cancels (409); clients see the job still running.
+    assert convert.JOB_STATES[JobState.PUBLISHING] == trainer_pb2.JOB_STATE_RUNNING
+    shown = {state: value for state, value in convert.JOB_STATES.items() if state != JobState.PUBLISHING}
+    assert len(set(shown.values())) == len(shown)
     assert sorted(convert.EVENT_KINDS) == sorted(EventKind)
     assert trainer_pb2.JOB_STATE_UNSPECIFIED not in convert.JOB_STATES.values()
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from trainer_svc.training.config import FOOD101_HANDLE, MAX_CLASSES, MAX_EPOCHS, TrainConfig
 from vision.settings import ServiceSettings, max_upload_bytes, max_upload_files, shared
+
+# Calls (handler threads) never taken by uploads or watchers: GetJob, ListJobs and CancelJob always find one.
+# Health checks have threads of their own (vision.rpc.admission).
+MIN_SPARE_CALLS = 4
 
 
 class TrainerSettings(ServiceSettings):
@@ -56,6 +60,36 @@ class TrainerSettings(ServiceSettings):
     keep_job_files: bool = Field(
         False, description="Keep a finished job's uploaded images and checkpoints (debugging)."
     )
+    max_concurrent_uploads: int = Field(
+        8,
+        ge=1,
+        description="CreateJob streams received at once (each holds a handler thread); more: "
+        "RESOURCE_EXHAUSTED (HTTP 429).",
+    )
+    max_watchers: int = Field(
+        16,
+        ge=1,
+        description="WatchJob streams open at once (each holds a handler thread); more: "
+        "RESOURCE_EXHAUSTED (HTTP 429).",
+    )
+    watch_max_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a WatchJob stream stays open; it then ends with OK and the client watches "
+        "again with after_seq.",
+    )
+
+    @model_validator(mode="after")
+    def _calls_left_for_other_calls(self) -> TrainerSettings:
+        limit = min(self.max_concurrent_rpcs or self.max_workers, self.max_workers)  # as vision.rpc.server
+        spare = limit - self.max_concurrent_uploads - self.max_watchers
+        if spare < MIN_SPARE_CALLS:
+            raise ValueError(
+                f"max_concurrent_uploads ({self.max_concurrent_uploads}) + max_watchers "
+                f"({self.max_watchers}) must leave at least {MIN_SPARE_CALLS} of the {limit} calls the "
+                "server handles at once (max_workers, max_concurrent_rpcs) for job queries and cancels"
+            )
+        return self
 
     @property
     def image_folder_root(self) -> Path:

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainer_svc.config import TrainerSettings
 from trainer_svc.jobs.database import EventKind, JobEvent, JobResult, JobRow, JobState
-from trainer_svc.training.config import TrainConfig, resolve_dataset_path
+from trainer_svc.training.config import TrainConfig, normalize_label, resolve_dataset_path
 from trainer_svc.training.evaluation import Evaluation
 from trainer_svc.training.events import TrainEvent
 from trainer_svc.training.publishing import Report
@@ -28,6 +28,7 @@ from vision.v1 import common_pb2, trainer_pb2
 JOB_STATES: dict[JobState, trainer_pb2.JobState] = {
     JobState.QUEUED: trainer_pb2.JOB_STATE_QUEUED,
     JobState.RUNNING: trainer_pb2.JOB_STATE_RUNNING,
+    JobState.PUBLISHING: trainer_pb2.JOB_STATE_RUNNING,  # still running for clients; it cannot be cancelled
     JobState.SUCCEEDED: trainer_pb2.JOB_STATE_SUCCEEDED,
     JobState.FAILED: trainer_pb2.JOB_STATE_FAILED,
     JobState.CANCELLED: trainer_pb2.JOB_STATE_CANCELLED,
@@ -71,7 +72,7 @@ def job_spec_to_config(spec: trainer_pb2.JobSpec, settings: TrainerSettings) -> 
         img_size=spec.img_size or None,
         horizontal_flip=spec.horizontal_flip if spec.HasField("horizontal_flip") else None,
         dataset=dataset,
-        class_names=list(spec.class_names) if dataset == "upload" else None,
+        class_names=[normalize_label(name) for name in spec.class_names] if dataset == "upload" else None,
     )
     if dataset == "image_folder":
         config.dataset_path = str(resolve_dataset_path(spec.image_folder.path, settings.image_folder_root))
@@ -98,9 +99,11 @@ def timestamp(seconds: float | None) -> Timestamp:
     return stamp
 
 
-def event_proto(job_id: str, event: JobEvent) -> trainer_pb2.JobEvent:
+def event_proto(job_id: str, event: JobEvent, seq: int = 0) -> trainer_pb2.JobEvent:
+    """``seq``: the event's number in the job's history (0 for the job's current progress)."""
     return trainer_pb2.JobEvent(
         job_id=job_id,
+        seq=seq,
         kind=EVENT_KINDS[event.kind],
         state=JOB_STATES[event.state],
         time=timestamp(event.time),

@@ -34,6 +34,8 @@ def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobMan
             register,
             max_message_bytes=settings.max_message_bytes,
             max_workers=settings.max_workers,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            health_workers=settings.health_workers,
         )
     except BaseException:
         manager.close()

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 
 from trainer_svc import convert
 from trainer_svc.config import TrainerSettings
+from trainer_svc.errors import is_disk_full
 from trainer_svc.jobs.manager import JobManager
 from trainer_svc.jobs.uploads import UploadWriter
 from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import check_min_per_class, load_image_folder
 from trainer_svc.training.publishing import ensure_imagenet, read_report
-from vision.errors import Cancelled, InvalidArgument
+from vision.errors import Cancelled, InvalidArgument, Overloaded, StorageFull
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -26,10 +33,43 @@ class UploadCancelled(Cancelled):
     """The client went away mid-upload; nothing was kept."""
 
 
+class TooManyStreams(Overloaded):
+    """As many uploads (or watchers) as the trainer takes at once are open already."""
+
+
+class UploadDiskFull(StorageFull):
+    """The trainer's data volume filled up while an upload was stored; nothing was kept."""
+
+
+class StreamSlots:
+    """At most ``limit`` streams of one kind at once: each holds a handler thread for as long as it is open,
+    so capping them keeps threads free for health checks and unary calls. Beyond: `TooManyStreams` at once."""
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        self.limit, self.what, self.setting = limit, what, setting
+        self._free = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            raise TooManyStreams(
+                f"the trainer already has {self.limit} {self.what} open, its limit ({self.setting}): "
+                "retry in a moment"
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, manager: JobManager, settings: TrainerSettings) -> None:
         self._manager = manager
         self._settings = settings
+        self._uploads = StreamSlots(
+            settings.max_concurrent_uploads, "job uploads", "VISION_TRAINER_MAX_CONCURRENT_UPLOADS"
+        )
+        self._watchers = StreamSlots(settings.max_watchers, "job watchers", "VISION_TRAINER_MAX_WATCHERS")
 
     def _check_dataset(self, config: TrainConfig) -> dict[str, int]:
         """Fail before any upload or queueing: pretrained weights present (or fetched), folders usable."""
@@ -44,6 +84,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 config.val_fraction,
                 config.seed,
                 self._settings.min_images_per_class,
+                within=self._settings.image_folder_root,
             )
             return split.class_counts()
         return {}
@@ -71,6 +112,19 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def CreateJob(
         self, request_iterator: Iterator[trainer_pb2.CreateJobRequest], context: grpc.ServicerContext
     ) -> trainer_pb2.Job:
+        with self._uploads.hold():  # before the first message: an idle stream holds a thread too
+            try:
+                return self._create_job(request_iterator)
+            except OSError as exc:  # what was stored is removed already (UploadWriter.abort)
+                if is_disk_full(exc):
+                    log.error("CreateJob: the data volume is full: %s", exc)
+                    raise UploadDiskFull(
+                        "the trainer's disk is full: the upload was not kept; retry later or with fewer "
+                        "images"
+                    ) from exc
+                raise
+
+    def _create_job(self, request_iterator: Iterator[trainer_pb2.CreateJobRequest]) -> trainer_pb2.Job:
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("the first CreateJob message must be the JobSpec")
@@ -114,19 +168,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def WatchJob(
         self, request: trainer_pb2.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.JobEvent]:
-        """Every event so far, then new ones as they happen, until the job has ended."""
-        self._manager.get(request.job_id)  # JobNotFound before the stream starts
-        seq = 0
-        while context.is_active():
-            row = self._manager.db.get(request.job_id)
-            events = self._manager.db.events_after(request.job_id, seq)
-            for number, event in events:
-                seq = number
-                yield convert.event_proto(request.job_id, event)
-            if row is None or row.terminal:  # its final STATE event was committed with the state: sent above
-                return
-            if not events:
-                self._manager.records.wait_for_change(WATCH_POLL_S)
+        """Every event after ``after_seq`` (0: all so far), then new ones as they happen, until the job has
+        ended or the stream has been open ``watch_max_s`` (then it ends with OK: the client watches again)."""
+        if request.after_seq < 0:
+            raise InvalidArgument(f"after_seq must be 0 or the seq of an event, got {request.after_seq}")
+        with self._watchers.hold():
+            self._manager.get(request.job_id)  # JobNotFound before the stream starts
+            seq = request.after_seq
+            ends = time.monotonic() + self._settings.watch_max_s
+            while context.is_active():
+                row = self._manager.db.get(request.job_id)
+                events = self._manager.db.events_after(request.job_id, seq)
+                for number, event in events:
+                    seq = number
+                    yield convert.event_proto(request.job_id, event, number)
+                if row is None or row.terminal:  # its final STATE event was committed with the state: sent
+                    return
+                left = ends - time.monotonic()
+                if left <= 0:
+                    return
+                if not events:
+                    self._manager.records.wait_for_change(min(WATCH_POLL_S, left))
 
     def GetModelReport(
         self, request: trainer_pb2.GetModelReportRequest, context: grpc.ServicerContext

@@ -6,6 +6,7 @@ service shares (model store, log format, image limits) have fixed names without 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ from vision.image.decode import ImageLimits
 
 # The largest gRPC message a service accepts: the image limit plus room for the other fields.
 MESSAGE_OVERHEAD_BYTES = 1 * 1024 * 1024
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def shared(env_name: str, default: Any, description: str) -> Any:
@@ -59,6 +66,12 @@ class StoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_", extra="ignore", populate_by_name=True)
 
     model_dir: Path = shared("VISION_MODEL_DIR", Path("var/models"), "Model store directory.")
+    keep_versions: int = Field(
+        5,
+        ge=0,
+        validation_alias=AliasChoices("VISION_MODEL_KEEP_VERSIONS"),
+        description="Newest versions kept per model when one is published (held ones too); 0: keep all.",
+    )
 
 
 class ServiceSettings(StoreSettings):
@@ -67,6 +80,15 @@ class ServiceSettings(StoreSettings):
     host: str = Field("127.0.0.1", description="Address to listen on ('0.0.0.0' or '[::]' in containers).")
     port: int = Field(0, ge=0, le=65535, description="gRPC port (0: any free port).")
     max_workers: int = Field(32, ge=1, description="gRPC handler threads.")
+    max_concurrent_rpcs: int = Field(
+        0,
+        ge=0,
+        description="Calls handled at once, streams counted while open (health checks aside); more get "
+        "RESOURCE_EXHAUSTED at once. 0 or more than max_workers: max_workers.",
+    )
+    health_workers: int = Field(
+        2, ge=1, description="Threads kept for grpc.health.v1 Check alone, so health answers under any load."
+    )
     grace_seconds: float = Field(20.0, ge=0, description="How long in-flight calls may run after SIGTERM.")
     shutdown_delay_seconds: float = Field(
         0.0, ge=0, description="After SIGTERM, keep accepting calls this long while health says NOT_SERVING."
@@ -105,4 +127,24 @@ class ModelServiceSettings(ServiceSettings):
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get RESOURCE_EXHAUSTED.")
     poll_interval_s: float = Field(
         2.0, gt=0, description="How often the model store is checked for new versions."
+    )
+    default_deadline_s: float = Field(
+        30.0, gt=0, description="How long a call whose client set no deadline may take."
+    )
+    max_deadline_s: float = Field(
+        300.0, gt=0, description="Longest any call may take, whatever deadline its client set."
+    )
+    max_concurrent_decodes: int = Field(
+        default_factory=cpu_cores,
+        ge=1,
+        description="Images decoded at once (the rest wait, within their deadline); default: the CPU cores.",
+    )
+    max_loaded_models: int = Field(
+        4, ge=0, description="Most model versions kept in memory (LRU; the default model stays); 0: no limit."
+    )
+    max_models_memory_mb: float = Field(
+        1024.0,
+        ge=0,
+        description="Memory budget of loaded models in MiB, estimated from their weights files (LRU; the "
+        "default model stays); 0: no limit.",
     )

@@ -31,9 +31,13 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /wheels /tmp/wheels
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels
+# glibc: give large freed blocks (decoded photos) back at once and keep 2 arenas, so memory returns
+# after a burst of large images (the service sets the same itself when these are unset).
 # The root filesystem is read-only in the cluster: every cache lives under HOME (an emptyDir there).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=4194304 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/vision \
     XDG_CACHE_HOME=/home/vision/.cache \

@@ -33,13 +33,15 @@ SCHEMA_VERSION = 1
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    PUBLISHING = "publishing"  # trained; its model is being published: no longer cancellable
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING, JobState.PUBLISHING)
+CANCELLABLE = (JobState.QUEUED, JobState.RUNNING)
 
 
 class EventKind(StrEnum):
@@ -238,7 +240,8 @@ class JobDB:
         return self._rows("ORDER BY seq DESC LIMIT ?", (limit,))
 
     def unfinished(self) -> list[JobRow]:
-        return self._rows("WHERE state IN (?, ?) ORDER BY seq", UNFINISHED)
+        marks = ",".join("?" * len(UNFINISHED))
+        return self._rows(f"WHERE state IN ({marks}) ORDER BY seq", UNFINISHED)
 
     def transition(
         self,
@@ -249,8 +252,10 @@ class JobDB:
         message: str = "",
         error: str | None = None,
         result: JobResult | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
-        """Move ``job_id`` to ``to_state`` if it is in one of ``from_states``; True if it moved."""
+        """Move ``job_id`` to ``to_state`` if it is in one of ``from_states`` (and, with
+        ``unless_cancel_requested``, nobody asked to cancel it); True if it moved."""
         now = time.time()
         sets = ["state = ?"]
         args: list[object] = [to_state.value]
@@ -267,10 +272,11 @@ class JobDB:
             sets.append("result = ?")
             args.append(_result_to_json(result))
         marks = ",".join("?" * len(from_states))
+        guard = " AND cancel_requested = 0" if unless_cancel_requested else ""
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             cursor = self._conn.execute(
-                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({marks})",
+                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({marks}){guard}",
                 (*args, job_id, *(s.value for s in from_states)),
             )
             if cursor.rowcount != 1:
@@ -285,8 +291,17 @@ class JobDB:
     def set_attempts(self, job_id: str, attempts: int) -> None:
         self._update(job_id, attempts=attempts)
 
-    def request_cancel(self, job_id: str) -> None:
-        self._update(job_id, cancel_requested=1)
+    def request_cancel(self, job_id: str) -> bool:
+        """Mark a queued or running job to be cancelled; False if it is in any other state (publishing,
+        ended): one transaction, so a job is either cancelled or published, never both."""
+        marks = ",".join("?" * len(CANCELLABLE))
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            cursor = self._conn.execute(
+                f"UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state IN ({marks})",
+                (job_id, *(s.value for s in CANCELLABLE)),
+            )
+            return cursor.rowcount == 1
 
     def _update(self, job_id: str, **columns: object) -> None:
         names = ", ".join(f"{name} = ?" for name in columns)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from trainer_svc.config import TrainerSettings
+from trainer_svc.errors import logged
 from trainer_svc.jobs.database import DB_FILE, JobDB, JobRow, JobState
 from trainer_svc.jobs.records import JobRecords
 from trainer_svc.jobs.supervisor import WorkerHandle, describe_exit, worker_args
@@ -41,6 +42,10 @@ class JobNotFound(NotFound):
 
 class JobConflict(Conflict):
     """The job has already ended."""
+
+
+class JobPublishing(JobConflict):
+    """The job finished training and is publishing its model: too late to cancel it."""
 
 
 def device_slots(spec: str) -> list[str]:
@@ -153,17 +158,24 @@ class JobManager:
         return row
 
     def cancel(self, job_id: str) -> JobRow:
-        """Queued: cancelled at once. Running: asked to stop at its next step (killed after a grace)."""
-        row = self.get(job_id)
-        if row.terminal:
-            raise JobConflict(f"job {job_id} already {row.state.value}: nothing to cancel")
+        """Queued: cancelled at once. Running: asked to stop at its next step (killed after a grace).
+        Publishing (or ended): `JobConflict`, nothing changes."""
         with self._cond:
-            self.db.request_cancel(job_id)
+            if not self.db.request_cancel(job_id):  # one transaction against the publisher's
+                row = self.get(job_id)
+                if row.state == JobState.PUBLISHING:
+                    raise JobPublishing(
+                        f"job {job_id} has finished training and is publishing its model: it can no longer "
+                        "be cancelled"
+                    )
+                raise JobConflict(f"job {job_id} already {row.state.value}: nothing to cancel")
             handle = self._running.get(job_id)
             if handle is None:
+                row = self.get(job_id)
                 if job_id in self._queue:
                     self._queue.remove(job_id)
-                self.records.finish(job_id, JobState.CANCELLED, message="cancelled before it started")
+                note = "cancelled before it started" if row.state == QUEUED else "cancelled"
+                self.records.finish(job_id, JobState.CANCELLED, message=note)
         if handle is not None:
             handle.cancel(self.settings.cancel_grace_s)
         return self.get(job_id)
@@ -185,8 +197,8 @@ class JobManager:
             try:
                 started = self._launch(job_id, slot)
             except Exception as exc:
-                log.exception("job %s could not start", job_id)
-                self.records.finish(job_id, JobState.FAILED, error=f"the job could not start: {exc}")
+                error = logged(log, "the job could not start", exc, where=f"job {job_id}", traceback=True)
+                self.records.finish(job_id, JobState.FAILED, error=error)
                 started = False
             if not started:
                 self._release(slot)

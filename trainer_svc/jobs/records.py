@@ -13,10 +13,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from trainer_svc.jobs.database import UNFINISHED, EventKind, JobDB, JobEvent, JobResult, JobRow, JobState
+from trainer_svc.errors import is_disk_full, logged
+from trainer_svc.jobs.database import (
+    CANCELLABLE,
+    UNFINISHED,
+    EventKind,
+    JobDB,
+    JobEvent,
+    JobResult,
+    JobRow,
+    JobState,
+)
 from trainer_svc.training.events import TrainEvent
 from trainer_svc.training.publishing import FINAL_DIR, find_published, publish_final, read_report
-from vision.errors import VisionError
 from vision.models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -64,18 +73,42 @@ class JobRecords:
         published = find_published(self.store, row.config.model_name, row.id)
         return published is not None or (self.jobs_dir / row.id / FINAL_DIR).is_dir()
 
-    def publish(self, row: JobRow) -> None:
-        """Publish the job's finished model (unless it already is) and mark the job SUCCEEDED."""
+    def publish(self, row: JobRow) -> bool:
+        """Publish the job's finished model (unless it already is) and mark the job SUCCEEDED.
+
+        One guarded step: the job first moves to PUBLISHING, only if nobody asked to cancel it (the same
+        transaction a cancel would need, so a cancel then answers 409); from there only this publisher ends
+        it. A job whose cancel came first is cancelled instead and nothing is published. False: not
+        published (cancelled, or failed with the reason).
+        """
+        started = self.db.transition(
+            row.id,
+            (JobState.RUNNING, JobState.PUBLISHING),  # PUBLISHING: the service stopped mid-publish
+            JobState.PUBLISHING,
+            message="publishing the model",
+            unless_cancel_requested=True,
+        )
+        self.notify()
+        if not started:
+            current = self.db.get(row.id)
+            if current is not None and current.cancel_requested:
+                self.finish(row.id, JobState.CANCELLED, message="cancelled")
+            return False
         name = row.config.model_name
         try:
             version = find_published(self.store, name, row.id) or publish_final(
                 self.store, self.jobs_dir / row.id / FINAL_DIR, name, row.id
             )
             result = JobResult(version.name, version.version, read_report(version).evaluation)
-        except (OSError, VisionError, ValueError, KeyError) as exc:
-            self.finish(row.id, JobState.FAILED, error=f"publishing the model failed: {exc}")
-            return
-        self.finish(
+        except Exception as exc:
+            if is_disk_full(exc):
+                log.error("job %s: the model store is full: %s", row.id, exc)
+                error = "publishing the model failed: the model store's disk is full"
+            else:
+                error = logged(log, "publishing the model failed", exc, where=f"job {row.id}", traceback=True)
+            self.finish(row.id, JobState.FAILED, error=error)
+            return False
+        return self.finish(
             row.id,
             JobState.SUCCEEDED,
             result=result,
@@ -91,8 +124,10 @@ class JobRecords:
         error: str | None = None,
         result: JobResult | None = None,
     ) -> bool:
-        """End an unfinished job in ``state`` and remove its files; False if it had already ended."""
-        moved = self.db.transition(job_id, UNFINISHED, state, message=message, error=error, result=result)
+        """End an unfinished job in ``state`` and remove its files; False if it had already ended (or, for
+        CANCELLED, if it is publishing: only its publisher ends it then)."""
+        from_states = CANCELLABLE if state == JobState.CANCELLED else UNFINISHED
+        moved = self.db.transition(job_id, from_states, state, message=message, error=error, result=result)
         if moved:
             if not self.keep_job_files:
                 shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)

@@ -61,6 +61,7 @@ def worker_args(s: TrainerSettings, job_id: str, config: TrainConfig, workdir: P
         pretrained_timeout_s=s.pretrained_timeout_s,
         food101_handle=s.food101_handle,
         kagglehub_cache=str(s.kagglehub_cache or ""),
+        datasets_root=str(s.image_folder_root.resolve()),
         log_level=s.log_level,
         log_json=s.log_json,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from trainer_svc.training.config import validate_file_name
+from trainer_svc.training.config import normalize_label, validate_file_name
 from vision.errors import InvalidArgument, InvalidImage, LimitExceeded
 from vision.image.decode import ImageLimits, decode_image, sniff_format
 
@@ -48,7 +48,7 @@ class UploadWriter:
     """Receives the chunks of one upload, in order, one file at a time."""
 
     def __init__(self, staging_root: Path, class_names: list[str], limits: UploadLimits) -> None:
-        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.class_index = {normalize_label(name): i for i, name in enumerate(class_names)}
         self.limits = limits
         self.dir = staging_root / f".staging-{uuid.uuid4().hex}"
         self.dir.mkdir(parents=True)
@@ -82,7 +82,8 @@ class UploadWriter:
     def _begin(self, chunk: ImageChunk) -> None:
         index = chunk.file_index
         validate_file_name(chunk.file_name, index)
-        if chunk.class_name not in self.class_index:
+        class_name = normalize_label(chunk.class_name)
+        if class_name not in self.class_index:
             raise InvalidArgument(
                 f"file {index + 1} ({chunk.file_name!r}) names the class {chunk.class_name!r}, which is not "
                 "one of the job's labels"
@@ -92,7 +93,7 @@ class UploadWriter:
         self._current, self._name, self._class = (
             index,
             chunk.file_name or f"file {index + 1}",
-            chunk.class_name,
+            class_name,
         )
 
     def _finish_file(self) -> None:

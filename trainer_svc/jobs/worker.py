@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from trainer_svc.errors import is_disk_full, logged
 from trainer_svc.training import loop
 from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import DatasetSplit, load_image_folder, load_uploaded
@@ -60,6 +61,7 @@ class WorkerArgs:
     pretrained_timeout_s: float = 10.0
     food101_handle: str = ""
     kagglehub_cache: str = ""
+    datasets_root: str = ""  # image_folder files must lie inside it (symlinks resolved); "": the dataset dir
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -123,7 +125,11 @@ def load_split(config: TrainConfig, args: WorkerArgs) -> DatasetSplit:
         )
     if config.dataset == "image_folder":
         return load_image_folder(
-            Path(config.dataset_path), config.val_fraction, config.seed, args.min_images_per_class
+            Path(config.dataset_path),
+            config.val_fraction,
+            config.seed,
+            args.min_images_per_class,
+            within=Path(args.datasets_root) if args.datasets_root else None,
         )
     return load_food101(
         args.food101_handle,
@@ -174,7 +180,7 @@ def run_job(args: WorkerArgs, channel: Channel) -> None:
     )
 
 
-def failure_reason(exc: BaseException, config: TrainConfig) -> str:
+def failure_reason(exc: BaseException, config: TrainConfig, job_id: str = "") -> str:
     """What a user reads when the job failed."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return (
@@ -183,13 +189,16 @@ def failure_reason(exc: BaseException, config: TrainConfig) -> str:
         )
     if isinstance(exc, MemoryError):
         return "out of memory: lower batch_size or img_size"
+    if is_disk_full(exc):
+        return "the trainer's disk is full: the job could not write its checkpoints or model"
     if isinstance(exc, VisionError):
         message = exc.message
         # Raised inside a DataLoader worker, the message carries that worker's traceback: keep the last line.
         if "Original Traceback" in message:
             message = message.strip().splitlines()[-1].split(": ", 1)[-1]
         return message
-    return f"training failed: {type(exc).__name__}: {exc}"
+    # Library and OS errors name server paths and hosts: the details go to the log, the client gets an id.
+    return logged(log, "training failed", exc, where=f"job {job_id}" if job_id else "", traceback=True)
 
 
 def main(args: WorkerArgs, conn: Connection, cancel: Event) -> None:
@@ -208,10 +217,8 @@ def main(args: WorkerArgs, conn: Connection, cancel: Event) -> None:
     except CancelRequested:
         channel.send({"type": "cancelled"})
     except BaseException as exc:
-        if not isinstance(exc, VisionError):
-            log.exception("job %s failed", args.job_id)
         try:
-            channel.send({"type": "failed", "reason": failure_reason(exc, args.config)})
+            channel.send({"type": "failed", "reason": failure_reason(exc, args.config, args.job_id)})
         except ParentGone:
             os._exit(3)
     finally:

@@ -133,19 +133,28 @@ def resolve_dataset_path(path: str, root: Path) -> Path:
         )
     resolved = (root / path).resolve()
     if not resolved.is_relative_to(root.resolve()):
-        raise InvalidArgument(f"image_folder.path must be inside the trainer's datasets directory {root}")
+        raise InvalidArgument(
+            "image_folder.path must be inside the trainer's datasets directory: name it relative to that "
+            "directory (VISION_TRAINER_DATASETS_DIR)"
+        )
     return resolved
 
 
+def normalize_label(name: str) -> str:
+    """A label in Unicode NFC: look-alikes typed differently ('café' composed or not) are one class."""
+    return unicodedata.normalize("NFC", name)
+
+
 def unsafe_name_reason(name: str) -> str | None:
-    """Why ``name`` (a label or a file name) is refused, or None: empty, path separators, '..', NUL or
-    other control characters could turn a name into a path or a terminal escape."""
+    """Why ``name`` (a label or a file name) is refused, or None: empty, '.' or '..', path separators, NUL
+    or other control characters could turn a name into a path or a terminal escape. Dots inside a name
+    ('...', 'model..1', 'holiday..0.png') are harmless: names never become paths."""
     if not name.strip():
         return "is empty"
+    if name.strip() in (".", ".."):
+        return "is '.' or '..'"
     if "/" in name or "\\" in name:
         return "contains a path separator"
-    if ".." in name:
-        return "contains '..'"
     if any(_is_control(ch) for ch in name):
         return "contains NUL or another control character"
     return None
@@ -158,7 +167,7 @@ def _is_control(ch: str) -> bool:
 
 
 def validate_class_names(names: list[str], max_classes: int = MAX_CLASSES) -> None:
-    """At least 2 and at most ``max_classes`` distinct (case-insensitively), safe labels."""
+    """At least 2 and at most ``max_classes`` distinct (case-insensitively, after NFC), safe labels."""
     if len(names) < 2:
         raise InvalidArgument(f"training needs at least 2 classes, got {len(names)}: name every class")
     if len(names) > max_classes:
@@ -172,7 +181,7 @@ def validate_class_names(names: list[str], max_classes: int = MAX_CLASSES) -> No
             raise InvalidArgument(
                 f"label {index} ({name!r}) must be 1-{MAX_LABEL_CHARS} characters without surrounding spaces"
             )
-        key = name.casefold()
+        key = normalize_label(name).casefold()
         if key in seen:
             raise InvalidArgument(
                 f"labels {seen[key]} and {index} are the same ({name!r}): labels must differ"

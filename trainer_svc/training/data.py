@@ -78,37 +78,88 @@ def stratified_split(
     return train, val
 
 
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _shown(path: Path, within: Path | None) -> str:
+    """``path`` as a client may read it: relative to the datasets root (no server paths in messages)."""
+    if within is None:
+        return str(path)
+    try:
+        return str(path.relative_to(within)) or "."
+    except ValueError:
+        return path.name
 
 
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _contained(path: Path, within: Path | None, shown: str) -> Path:
+    """``path`` with symlinks resolved; `InvalidArgument` (naming ``shown``) if that leaves ``within``
+    (None: anywhere is fine, as for the local CLI)."""
+    resolved = path.resolve()
+    if within is not None and not resolved.is_relative_to(within):
+        raise InvalidArgument(
+            f"{shown!r} is a link to outside the trainer's datasets directory: "
+            "copy the images into the dataset instead of linking them"
+        )
+    return resolved
 
 
-def _folder_samples(root: Path, class_names: list[str]) -> list[Sample]:
-    return [Sample(str(f), i) for i, name in enumerate(class_names) for f in _image_files(root / name)]
+def _image_files(directory: Path, within: Path | None) -> list[Path]:
+    """The images under ``directory``, each checked to lie inside ``within`` once links are resolved."""
+    files = []
+    for path in sorted(directory.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        shown = _shown(path, within)
+        resolved = _contained(path, within, shown)
+        if resolved.is_file():
+            files.append(path)
+    return files
 
 
-def load_image_folder(root: Path, val_fraction: float, seed: int, min_per_class: int) -> DatasetSplit:
-    """``root/train/<class>/*`` + ``root/val/<class>/*``, or ``root/<class>/*`` split stratified."""
+def _class_dirs(root: Path, within: Path | None) -> list[Path]:
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for path in dirs:
+        _contained(path, within, _shown(path, within))
+    return dirs
+
+
+def _folder_samples(root: Path, class_names: list[str], within: Path | None) -> list[Sample]:
+    return [
+        Sample(str(f), i) for i, name in enumerate(class_names) for f in _image_files(root / name, within)
+    ]
+
+
+def load_image_folder(
+    root: Path, val_fraction: float, seed: int, min_per_class: int, *, within: Path | None = None
+) -> DatasetSplit:
+    """``root/train/<class>/*`` + ``root/val/<class>/*``, or ``root/<class>/*`` split stratified.
+
+    With ``within`` (the trainer's datasets root), every class folder and image must lie inside it once
+    symlinks are resolved, and messages name folders relative to it, never as server paths. None (the local
+    CLI): links are followed anywhere.
+    """
+    limit = within.resolve() if within is not None else None
+    shown = _shown(root, limit)
     if not root.is_dir():
-        raise InvalidArgument(f"dataset directory {root} does not exist")
+        raise InvalidArgument(
+            f"dataset directory {shown!r} does not exist in the trainer's datasets directory"
+        )
+    _contained(root, limit, shown)
     train_dir, val_dir = root / "train", root / "val"
     if train_dir.is_dir() and val_dir.is_dir():
-        class_names = [p.name for p in _class_dirs(train_dir)]
-        missing = sorted(set(class_names) - {p.name for p in _class_dirs(val_dir)})
+        class_names = [p.name for p in _class_dirs(train_dir, limit)]
+        missing = sorted(set(class_names) - {p.name for p in _class_dirs(val_dir, limit)})
         if missing:
-            raise InvalidArgument(f"{val_dir} has no folder for the classes {', '.join(missing)}")
-        train, val = _folder_samples(train_dir, class_names), _folder_samples(val_dir, class_names)
+            raise InvalidArgument(
+                f"{_shown(val_dir, limit)!r} has no folder for the classes {', '.join(missing)}"
+            )
+        train = _folder_samples(train_dir, class_names, limit)
+        val = _folder_samples(val_dir, class_names, limit)
         check_min_per_class(label_counts([*train, *val], class_names), min_per_class)
         return DatasetSplit(class_names, train, val)
-    class_names = [p.name for p in _class_dirs(root)]
+    class_names = [p.name for p in _class_dirs(root, limit)]
     if len(class_names) < 2:
         raise InvalidArgument(
-            f"{root} needs one sub-folder per class (at least 2), or train/ and val/ folders of them"
+            f"{shown!r} needs one sub-folder per class (at least 2), or train/ and val/ folders of them"
         )
-    samples = _folder_samples(root, class_names)
+    samples = _folder_samples(root, class_names, limit)
     check_min_per_class(label_counts(samples, class_names), min_per_class)
     return DatasetSplit(class_names, *stratified_split(samples, val_fraction, seed))
 
@@ -117,7 +168,10 @@ def load_uploaded(
     root: Path, class_names: list[str], val_fraction: float, seed: int, min_per_class: int
 ) -> DatasetSplit:
     """An upload stored by trainer_svc.jobs.uploads: ``root/<class index>/<server-made name>``."""
-    samples = [Sample(str(f), i) for i in range(len(class_names)) for f in _image_files(root / str(i))]
+    within = root.resolve()
+    samples = [
+        Sample(str(f), i) for i in range(len(class_names)) for f in _image_files(root / str(i), within)
+    ]
     check_min_per_class(label_counts(samples, class_names), min_per_class)
     return DatasetSplit(list(class_names), *stratified_split(samples, val_fraction, seed))
 
@@ -159,7 +213,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
         try:
             image = decode_image(Path(sample.path).read_bytes(), self.limits)
         except (InvalidImage, OSError) as exc:
-            message = exc.message if isinstance(exc, InvalidImage) else str(exc)
+            message = exc.message if isinstance(exc, InvalidImage) else (exc.strerror or type(exc).__name__)
             raise InvalidArgument(f"cannot read training image {Path(sample.path).name}: {message}") from exc
         return self.transform(image), sample.label
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from trainer_svc.errors import logged
 from trainer_svc.training.config import FOOD101_HANDLE
 from trainer_svc.training.data import DatasetSplit, Sample, check_min_per_class, label_counts
 from vision.errors import InvalidArgument, NotReady
@@ -63,7 +64,7 @@ def download(handle: str = FOOD101_HANDLE, cache_dir: Path | None = None) -> Pat
             return Path(kagglehub.dataset_download(handle))
         except Exception as exc:  # kagglehub raises requests', its own and OS errors alike
             if "/versions/" in handle:
-                raise NotReady(f"Food-101 ({handle}) could not be downloaded: {exc}") from exc
+                raise NotReady(logged(log, f"Food-101 ({handle}) could not be downloaded", exc)) from exc
             for version in _cached_versions(handle):
                 try:
                     path = Path(kagglehub.dataset_download(f"{handle}/versions/{version}"))
@@ -71,9 +72,12 @@ def download(handle: str = FOOD101_HANDLE, cache_dir: Path | None = None) -> Pat
                     continue
                 log.warning("kagglehub could not reach Kaggle (%s); using cached version %d", exc, version)
                 return path
+            what = logged(
+                log, f"Food-101 ({handle}) is not in the kagglehub cache and could not be downloaded", exc
+            )
             raise NotReady(
-                f"Food-101 ({handle}) is not in the kagglehub cache and could not be downloaded ({exc}). "
-                "Online, set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN) in the environment"
+                f"{what}. Online, set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN) in the trainer's "
+                "environment"
             ) from exc
 
 
@@ -84,12 +88,13 @@ def find_root(path: Path) -> Path:
             path.glob("/".join(["*"] * depth) + "/meta/train.txt" if depth else "meta/train.txt")
         ):
             return candidate.parent.parent
-    raise InvalidArgument(f"no Food-101 layout (meta/train.txt) under {path}")
+    log.error("no Food-101 layout (meta/train.txt) under %s", path)
+    raise InvalidArgument("the downloaded Food-101 has no meta/train.txt: it is not in the Food-101 layout")
 
 
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
-        raise InvalidArgument(f"Food-101 is incomplete: {path.name} is missing from {path.parent}")
+        raise InvalidArgument(f"Food-101 is incomplete: meta/{path.name} is missing")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 

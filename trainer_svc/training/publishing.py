@@ -9,6 +9,8 @@ already in the store is never published twice, whatever crashed in between.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from trainer_svc.errors import logged
 from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import DatasetSplit
 from trainer_svc.training.evaluation import Evaluation, confusion_matrix_png, training_curves_png
@@ -29,6 +32,8 @@ EVALUATION_FILE = "evaluation.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 ARTIFACTS = (WEIGHTS_FILE, EVALUATION_FILE, CONFUSION_PNG, CURVES_PNG)
+
+log = logging.getLogger(__name__)
 
 
 class PretrainedWeightsMissing(Conflict):
@@ -57,10 +62,14 @@ def ensure_imagenet(
     name = architecture if architecture not in store.names() else f"imagenet-{architecture}"
     try:
         return fetch_imagenet(store, architecture, name=name, url=url or None, timeout=timeout)
-    except (PretrainedUnavailable, OSError) as exc:
+    except (PretrainedUnavailable, OSError) as exc:  # its text names the URL and the network error: logged
+        what = logged(
+            log,
+            f"ImageNet weights for {architecture} are not in the model store and could not be downloaded",
+            exc,
+        )
         raise PretrainedWeightsMissing(
-            f"ImageNet weights for {architecture} are not in the model store and could not be downloaded "
-            f"({exc}). Run `vision models fetch-pretrained --arch {architecture}` where the internet is "
+            f"{what}. Run `vision models fetch-pretrained --arch {architecture}` where the internet is "
             "reachable, or set pretrained=false to train from scratch"
         ) from exc
 
@@ -70,6 +79,21 @@ def imagenet_state(version: ModelVersion) -> dict[str, torch.Tensor]:
     if version.metadata.architecture not in IMAGENET_WEIGHTS:
         raise ModelNotFound(f"{version.name} is not an ImageNet model")
     return load_classifier(version).state_dict()
+
+
+def fsync_files(directory: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Flush ``directory/<name>`` for each name, then the directory itself: on disk before any rename."""
+    for name in names:
+        fd = os.open(directory / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_final(
@@ -107,8 +131,10 @@ def write_final(
         },
     )
     (tmp / METADATA_FILE).write_text(metadata.to_json())
+    fsync_files(tmp, [*ARTIFACTS, METADATA_FILE])
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    fsync_files(workdir, [])
     return final
 
 
@@ -131,6 +157,7 @@ def publish_final(store: ModelStore, final: Path, name: str, job_id: str) -> Mod
     def write(tmp: Path) -> dict[str, str]:
         for artifact in ARTIFACTS:
             shutil.copyfile(final / artifact, tmp / artifact)
+        fsync_files(tmp, ARTIFACTS)  # on disk before the store renames the version into place
         return {"weights_file": WEIGHTS_FILE, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
 
     return store.publish(name, metadata, write)

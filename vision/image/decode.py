@@ -10,6 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from vision.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
@@ -87,7 +88,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
                     f"{limits.max_pixels} pixels; downscale it before sending"
                 )
             image.load()
-            oriented = ImageOps.exif_transpose(image)
+            # In place: a photo without an orientation tag is not copied (a 40 MP photo is 120 MB).
+            ImageOps.exif_transpose(image, in_place=True)
     except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -99,18 +101,36 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> Image.Image:
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the {kind} image is corrupt or truncated and cannot be decoded ({exc})") from exc
-    return _to_rgb(oriented)
+    return _to_rgb(image)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Flatten transparency onto white (as a viewer shows it) and convert to 8-bit RGB."""
+    """Flatten transparency onto white (as a viewer shows it) and convert to 8-bit RGB.
+
+    Transparency is an alpha channel (RGBA, LA), a palette's transparent entries (P) or a PNG colour key
+    (``tRNS`` on L or RGB: pixels of exactly that value are transparent).
+    """
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        # 16-bit grayscale PNG: convert() clips every value over 255 to white; keep the high byte instead.
-        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
+        image = _gray16_to_8(image)
+    keyed = image.mode in ("1", "P", "L", "RGB") and "transparency" in image.info
+    if image.mode in ("RGBA", "LA") or keyed:
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode != "RGB":
         return image.convert("RGB")
     return image
+
+
+def _gray16_to_8(image: Image.Image) -> Image.Image:
+    """16-bit grayscale to 8-bit L, keeping the high byte (convert() would clip every value over 255 to
+    white); a colour key (``tRNS``) becomes an alpha channel (LA), matched on the 16-bit values."""
+    wide = image.convert("I")
+    gray = wide.point(lambda v: v * (1 / 256)).convert("L")
+    gray.info.pop("transparency", None)
+    key = image.info.get("transparency")
+    if not isinstance(key, int):
+        return gray
+    alpha = Image.fromarray(np.where(np.asarray(wide) == key, 0, 255).astype(np.uint8), mode="L")
+    gray.putalpha(alpha)
+    return gray

@@ -7,15 +7,34 @@ Layout::
 
 Versions are integers counting up from 1. A version is written into a hidden temporary directory beside
 its final place and renamed into place in one step, so a reader (in any process) sees either nothing or a
-complete version. This module does not import torch; `vision.models.weights` reads and writes tensors.
+complete version. Every file and directory of a version is fsynced before that rename and the model's
+directory after it, so a version that is visible survives a crash or power loss whole. A full disk raises
+`StorageFull` and leaves nothing behind. This module does not import torch; `vision.models.weights` reads and
+writes tensors.
+
+Retention: the publisher prunes. After each successful publish of ``<name>``, versions of ``<name>`` older
+than the newest ``keep_versions`` (``VISION_MODEL_KEEP_VERSIONS``, default 5; 0 keeps all) are deleted,
+except those *held*: a model service that has a version loaded (its default model, a version asked for by
+number, one it is serving) keeps a hold file ``<root>/.holds/<name>@<version>@<holder>`` fresh (renewed every
+few minutes, dropped when it unloads the version; one older than `HOLD_TTL_S` counts for nothing). Where
+the store is mounted read-only for the services (Kubernetes) no hold can be taken: a service keeps serving
+a pruned version it has in memory, and a request naming a pruned version it does not have gets NOT_FOUND
+listing the versions that exist. A version is deleted by renaming it to a hidden name first, so readers see
+it whole or not at all.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import errno
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,11 +42,62 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
+from vision.errors import (
+    InvalidArgument,
+    InvalidCheckpoint,
+    ModelNotFound,
+    NoModelAvailable,
+    StorageFull,
+    VisionError,
+)
+
+log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+HOLDS_DIR = ".holds"
+HOLD_TTL_S = 15 * 60.0  # a hold not renewed for this long (its holder died) protects nothing
+MAX_PUBLISH_ATTEMPTS = 100  # version numbers tried when concurrent publishers keep taking the next one
+STALE_TEMP_S = 6 * 3600.0  # hidden leftovers of a crashed publisher or pruner older than this are removed
+_TMP_PREFIX = ".tmp-"
+_DELETING_PREFIX = ".del-"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class PublishFailed(VisionError):
+    """The store could not take a new version (permissions, I/O error, endless contention)."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_weights(version: ModelVersion) -> None:
+    """Raise `InvalidCheckpoint` when the weights file is missing or differs from the sha256 in metadata."""
+    meta = version.metadata
+    try:
+        matches = not meta.weights_sha256 or sha256_file(version.weights_path) == meta.weights_sha256
+    except OSError as exc:
+        raise InvalidCheckpoint(
+            f"{meta.weights_file} cannot be read ({exc.strerror}): the store is damaged"
+        ) from exc
+    if not matches:
+        raise InvalidCheckpoint(
+            f"{meta.weights_file} does not match the sha256 in its metadata: the store is damaged"
+        )
+
+
+def default_keep_versions() -> int:
+    """``VISION_MODEL_KEEP_VERSIONS`` (read by `vision.settings`): the retention of a store given none."""
+    from vision.settings import StoreSettings
+
+    return StoreSettings().keep_versions
 
 
 def validate_model_name(name: str) -> str:
@@ -96,10 +166,17 @@ class ModelVersion:
 
 
 class ModelStore:
-    """Reads and publishes model versions under ``root``. Safe to share between threads and processes."""
+    """Reads and publishes model versions under ``root``. Safe to share between threads and processes.
 
-    def __init__(self, root: Path | str) -> None:
+    ``keep_versions``: after a publish, keep this many newest versions of the model (plus held ones);
+    0 keeps all; None reads ``VISION_MODEL_KEEP_VERSIONS``.
+    """
+
+    def __init__(self, root: Path | str, keep_versions: int | None = None) -> None:
         self.root = Path(root)
+        self.keep_versions = default_keep_versions() if keep_versions is None else keep_versions
+        if self.keep_versions < 0:
+            raise ValueError(f"keep_versions must be >= 0, not {self.keep_versions}")
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -155,36 +232,169 @@ class ModelStore:
         metadata: ModelMetadata,
         write_files: Callable[[Path], Mapping[str, str]],
     ) -> ModelVersion:
-        """Write a new version of ``name`` atomically and return it.
+        """Write a new version of ``name`` atomically and durably, prune older ones, and return it.
 
         ``write_files(tmp_dir)`` writes the version's files into ``tmp_dir`` and returns metadata fields
         to set (e.g. ``weights_sha256``). The version number is the next free one, even with concurrent
-        publishers.
+        publishers. Every file written is fsynced before the version appears. Raises `StorageFull` when
+        the disk is full and `PublishFailed` when the store refuses the version otherwise; either way no
+        part of it is left behind.
         """
         validate_model_name(name)
         model_dir = self.root / name
-        model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
         try:
-            updates = write_files(tmp)
+            new_dir = not model_dir.is_dir()
+            model_dir.mkdir(parents=True, exist_ok=True)
+            if new_dir:
+                _fsync_dir(model_dir.parent)
+            tmp = model_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+            tmp.mkdir()
+        except OSError as exc:
+            raise _publish_error(name, exc) from exc
+        try:
+            try:
+                updates = write_files(tmp)
+            except Exception as exc:
+                if _is_disk_full(exc):  # the writer's other errors are its own: they pass unchanged
+                    raise _publish_error(name, exc) from exc
+                raise
             for key, value in updates.items():
                 setattr(metadata, key, value)
             metadata.name = name
             metadata.created_at = metadata.created_at or datetime.now(timezone.utc).isoformat()
-            while True:
-                existing = self.versions(name) + [p.name for p in model_dir.iterdir() if p.name.isdigit()]
-                metadata.version = str(max((int(v) for v in existing), default=0) + 1)
-                _write_synced(tmp / METADATA_FILE, metadata.to_json().encode())
-                try:
-                    os.rename(tmp, model_dir / metadata.version)
-                except OSError:
-                    continue  # another publisher took this number: take the next one
-                _fsync_dir(model_dir)
-                return self.get(name, metadata.version)
+            try:
+                _fsync_tree(tmp)  # the weights and artifacts; metadata.json is synced as it is written
+                version = self._rename_into_place(name, metadata, tmp)
+            except OSError as exc:
+                raise _publish_error(name, exc) from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self.prune(name)
+        except OSError:  # the version is published; pruning is retried after the next publish
+            log.warning("could not prune old versions of model %r", name, exc_info=True)
+        return version
+
+    def _rename_into_place(self, name: str, metadata: ModelMetadata, tmp: Path) -> ModelVersion:
+        """Take the next free version number: retried only while another publisher took it, boundedly."""
+        model_dir = self.root / name
+        for _ in range(MAX_PUBLISH_ATTEMPTS):
+            existing = self.versions(name) + [p.name for p in model_dir.iterdir() if p.name.isdigit()]
+            metadata.version = str(max((int(v) for v in existing), default=0) + 1)
+            _write_synced(tmp / METADATA_FILE, metadata.to_json().encode())
+            _fsync_dir(tmp)
+            target = model_dir / metadata.version
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if target.exists():
+                    continue  # another publisher took this number: take the next one
+                raise
+            _fsync_dir(model_dir)
+            return self.get(name, metadata.version)
+        raise PublishFailed(
+            f"could not publish a version of model {name!r}: {MAX_PUBLISH_ATTEMPTS} version numbers in a "
+            "row were taken by concurrent publishers; try again"
+        )
+
+    # -- retention ---------------------------------------------------------------------------------------
+    def prune(self, name: str, keep: int | None = None) -> builtins.list[str]:
+        """Delete versions of ``name`` older than the newest ``keep`` (default: ``keep_versions``), except
+        held ones; also clears leftovers of crashed publishers and expired holds. Returns the deleted."""
+        keep = self.keep_versions if keep is None else keep
+        model_dir = self.root / name
+        if not _NAME_RE.match(name) or not model_dir.is_dir():
+            return []
+        self._remove_leftovers(model_dir)
+        self._remove_expired_holds()
+        if keep <= 0:
+            return []
+        versions = self.versions(name)
+        held = self.held_versions(name)
+        doomed = [v for v in versions[:-keep] if v not in held]
+        moved = []
+        for version in doomed:
+            hidden = model_dir / f"{_DELETING_PREFIX}{version}-{uuid.uuid4().hex}"
+            try:
+                os.rename(model_dir / version, hidden)  # gone for readers at once, whole until then
+            except FileNotFoundError:
+                continue  # a concurrent publisher pruned it
+            moved.append(hidden)
+        if moved:
+            _fsync_dir(model_dir)
+            log.info("pruned model %r versions %s (keeping the newest %d and held ones)", name, doomed, keep)
+        for hidden in moved:
+            shutil.rmtree(hidden, ignore_errors=True)
+        return doomed
+
+    def _remove_leftovers(self, model_dir: Path) -> None:
+        cutoff = time.time() - STALE_TEMP_S
+        for path in model_dir.iterdir():
+            if not path.name.startswith((_TMP_PREFIX, _DELETING_PREFIX)):
+                continue
+            with contextlib.suppress(OSError):
+                if path.name.startswith(_DELETING_PREFIX) or path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    # -- holds: versions a running service has loaded, which pruning leaves alone ------------------------
+    def _hold_path(self, name: str, version: str, holder: str) -> Path:
+        return self.root / HOLDS_DIR / f"{name}@{version}@{holder}"
+
+    def hold(self, name: str, version: str, holder: str) -> bool:
+        """Create or renew ``holder``'s hold on a version; False where the store is read-only here."""
+        path = self._hold_path(name, version, holder)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path)
+        except OSError:
+            return False
+        return True
+
+    def release(self, name: str, version: str, holder: str) -> None:
+        with contextlib.suppress(OSError):
+            self._hold_path(name, version, holder).unlink()
+
+    def held_versions(self, name: str) -> set[str]:
+        """Versions of ``name`` with a hold renewed within `HOLD_TTL_S`."""
+        holds = self.root / HOLDS_DIR
+        cutoff = time.time() - HOLD_TTL_S
+        held = set()
+        with contextlib.suppress(OSError):
+            for path in holds.glob(f"{name}@*@*"):
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime >= cutoff:
+                        held.add(path.name.split("@")[1])
+        return held
+
+    def _remove_expired_holds(self) -> None:
+        cutoff = time.time() - HOLD_TTL_S
+        with contextlib.suppress(OSError):
+            for path in (self.root / HOLDS_DIR).iterdir():
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """An OSError of a full disk or quota, or a library's error that wraps one (safetensors' Rust I/O)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL
+    text = str(exc)
+    return any(f"(os error {code})" in text for code in _DISK_FULL)
+
+
+def _publish_error(name: str, exc: BaseException) -> VisionError:
+    if _is_disk_full(exc):
+        return StorageFull(
+            f"the model store's disk is full: model {name!r} was not published and nothing of it was kept; "
+            "free space (or lower VISION_MODEL_KEEP_VERSIONS) and try again"
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return PublishFailed(
+        f"could not publish a version of model {name!r}: the model store refused it ({reason})"
+    )
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -192,6 +402,21 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every directory, deepest first (``root`` last)."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for file in files:
+            path = Path(dirpath) / file
+            if path.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,17 +9,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vision.errors import InvalidCheckpoint
 from vision.models.architectures import build_model
-from vision.models.store import WEIGHTS_FILE, ModelMetadata, ModelStore, ModelVersion
+from vision.models.store import (
+    WEIGHTS_FILE,
+    ModelMetadata,
+    ModelStore,
+    ModelVersion,
+    sha256_file,
+    verify_weights,
+)
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["load_classifier", "publish_state_dict", "sha256_file"]
 
 
 def publish_state_dict(
@@ -40,8 +39,7 @@ def load_classifier(version: ModelVersion, device: torch.device | str = "cpu") -
     """Build the version's architecture and load its weights (strict), in eval mode on ``device``."""
     meta = version.metadata
     path = version.weights_path
-    if meta.weights_sha256 and sha256_file(path) != meta.weights_sha256:
-        raise InvalidCheckpoint(f"{path} does not match the sha256 in its metadata: the store is damaged")
+    verify_weights(version)
     model = build_model(meta.architecture, meta.num_classes, head=meta.head)
     model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
     return model.eval().to(device)

@@ -3,6 +3,10 @@
 Health follows grpc.health.v1: NOT_SERVING until the service calls ``set_serving()`` (its models loaded and
 warmed up), SERVING after, NOT_SERVING again the moment shutdown starts, so load balancers stop sending
 traffic while in-flight calls finish within the grace period.
+
+Health checks run on threads of their own and other calls are admitted up to a limit (`vision.rpc.admission`):
+a server whose handler threads are all busy answers ``Health/Check`` at once and refuses new calls with
+RESOURCE_EXHAUSTED instead of queueing them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType
 
@@ -20,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from vision.rpc.admission import AdmissionInterceptor, CountingExecutor
 from vision.rpc.status import ErrorMappingInterceptor
 
 log = logging.getLogger(__name__)
@@ -49,20 +53,34 @@ def create_server(
     *,
     max_message_bytes: int,
     max_workers: int = 32,
+    max_concurrent_rpcs: int = 0,
+    health_workers: int = 2,
 ) -> GrpcServer:
     """Build and start a server on ``address`` ("host:0" picks a free port, returned as ``port``).
 
     ``register(server)`` adds the servicers and returns their full service names (for health and reflection).
+    At most ``max_concurrent_rpcs`` calls (0, or more than ``max_workers``: ``max_workers``) run at once,
+    streams counted while open; more are refused with RESOURCE_EXHAUSTED. ``Health/Check`` runs on
+    ``health_workers`` threads of its own, outside that limit.
     """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    limit = min(max_concurrent_rpcs or max_workers, max_workers)
+    calls = CountingExecutor(max_workers, thread_name_prefix="grpc-call")
+    admission = AdmissionInterceptor(
+        limit,
+        calls,
+        health_pool=CountingExecutor(health_workers, thread_name_prefix="grpc-health"),
+        reject_pool=CountingExecutor(2, thread_name_prefix="grpc-refuse"),
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
+        calls,
         options=options,
-        interceptors=[ErrorMappingInterceptor()],
+        # Admission first: it must see the behaviours the error mapping returns.
+        interceptors=[admission, ErrorMappingInterceptor()],
     )
     names = tuple(register(server))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

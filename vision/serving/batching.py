@@ -83,7 +83,13 @@ class DynamicBatcher(Generic[T, R]):
         return future
 
     def run(self, key: Hashable, item: T, timeout: float | None = None) -> Batched[R]:
-        """Submit ``item`` and wait for its result; a caller that gives up (timeout, error) withdraws it."""
+        """Submit ``item`` and wait for its result; a caller that gives up (timeout, error) withdraws it.
+
+        ``timeout`` is capped at what the platform's locks accept (a gRPC call without a deadline reports
+        ~9e18 s left, which would raise OverflowError).
+        """
+        if timeout is not None:
+            timeout = min(timeout, threading.TIMEOUT_MAX)
         future = self.submit(key, item)
         try:
             return future.result(timeout=timeout)

@@ -6,10 +6,14 @@ how to load a stored version (`load`) and how to run a batch (`run_batch`), and 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import threading
+import time
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from vision.errors import Overloaded
 from vision.models.devices import resolve_device
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.batching import Batched, DynamicBatcher
@@ -58,6 +62,8 @@ class ServingEngine(Generic[M, T, R]):
             self.load,
             default_model=settings.default_model,
             poll_interval_s=settings.poll_interval_s,
+            max_loaded_models=settings.max_loaded_models,
+            max_memory_mb=settings.max_models_memory_mb,
             task=self.task,
             preferred_default=self.preferred_default,
             empty_message=self.empty_message,
@@ -69,6 +75,37 @@ class ServingEngine(Generic[M, T, R]):
             max_queue=settings.max_queue,
             name=f"{self.name}-batcher",
         )
+        # Decoding an image can take 120 MB and more (40 MP): bounding how many run at once bounds memory.
+        self.max_concurrent_decodes = settings.max_concurrent_decodes
+        self._decode_slots = threading.BoundedSemaphore(self.max_concurrent_decodes)
+
+    @contextmanager
+    def decode_slot(self, deadline: float | None) -> Iterator[None]:
+        """Hold one of the ``max_concurrent_decodes`` decode slots while decoding (and shrinking) an image.
+
+        Waits until ``deadline`` (a `time.monotonic` instant; None: no limit) for a free slot, then raises
+        `Overloaded`.
+        """
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._decode_slots.acquire(timeout=timeout):
+            raise Overloaded(
+                f"all {self.max_concurrent_decodes} image decoding slots stayed busy until the deadline; "
+                "retry shortly"
+            )
+        try:
+            yield
+        finally:
+            self._decode_slots.release()
+
+    @staticmethod
+    def deadline_after(timeout: float | None) -> float | None:
+        """The `time.monotonic` instant ``timeout`` seconds from now (None: no deadline)."""
+        return None if timeout is None else time.monotonic() + timeout
+
+    @staticmethod
+    def time_left(deadline: float | None) -> float | None:
+        """Seconds until ``deadline`` (never negative; None: no deadline), for the batcher's wait."""
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def load(self, version: ModelVersion) -> M:
         """Load and warm up ``version`` on ``self.device`` (called by the registry, never concurrently)."""

@@ -1,34 +1,66 @@
-"""Hot-reloading set of loaded models, shared by the model services.
+"""Lazily loaded, memory-bounded, hot-reloading set of models, shared by the model services.
 
-The newest version of every model in the store is kept loaded and warmed up. A background thread polls the
-store (cheap directory listings) and loads new versions *beside* the old ones; the swap is one reference
-assignment, so a request that already holds the old model finishes on it and no request ever fails because
-of a swap. Older versions asked for explicitly are loaded on demand and kept in a small LRU cache.
+What is loaded:
+
+* At start only the *default model* (the configured ``default_model``, else the preferred one if stored,
+  else the newest) is loaded and warmed up, so a request that names no model never waits for a load. Every
+  other model is loaded on its first request.
+* Loaded models are kept within a budget: at most ``max_loaded_models`` versions and ``max_memory_mb``
+  MiB (estimated from the size of their weights files); 0 means no limit. Beyond it the least recently used
+  version is unloaded. The default model's newest version is pinned: never unloaded. Unloading only drops
+  the registry's reference, so a request that already holds the model finishes on it.
+* Older versions asked for by number are loaded on demand too, and also kept in a small LRU of their own
+  (``max_pinned``).
+
+Hot reload: a background thread polls the store (cheap directory listings). When a newer version of a
+*loaded* model appears it is loaded beside the old one and swapped in with one reference assignment, so no
+request ever fails because of a swap. A newer version of a model that is not loaded is only noted; it is
+what the model's next first request loads. Its weights file is checked against the sha256 in its metadata
+(read, not loaded), so a damaged version is reported before anyone asks for it.
 
 A version that fails to load is recorded with the reason (`load_errors`, shown per model by ModelCatalog) and
 not retried until a newer version is published; the other models keep serving, and an older version of the
 same model keeps serving if one was loaded.
+
+While a version is loaded the registry holds it in the store (`ModelStore.hold`), so a publisher's pruning
+leaves it alone; where the store is read-only no hold is taken and a pruned version keeps serving from memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from vision.errors import ModelLoadFailed, ModelNotFound, NoModelAvailable
-from vision.models.store import ModelStore, ModelVersion
+from vision.models.store import HOLD_TTL_S, ModelStore, ModelVersion, verify_weights
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
+Key = tuple[str, str]  # (name, version)
 
 # The model a request gets when it names none and no default is configured: ImageNet ResNet18 if present.
 PREFERRED_DEFAULT = "resnet18"
 EMPTY_STORE_MESSAGE = "no model in the model store: import one with `vision models import` or train one"
+MIB = 1024 * 1024
+
+
+def estimated_size(version: ModelVersion) -> int:
+    """Bytes a loaded version takes, estimated from its weights file (else all its files)."""
+    try:
+        return version.weights_path.stat().st_size
+    except OSError:
+        with contextlib.suppress(OSError):
+            return sum(p.stat().st_size for p in version.path.iterdir() if p.is_file())
+    return 0
 
 
 class ModelRegistry(Generic[M]):
@@ -42,6 +74,8 @@ class ModelRegistry(Generic[M]):
         default_model: str = "",
         poll_interval_s: float = 2.0,
         max_pinned: int = 4,
+        max_loaded_models: int = 0,
+        max_memory_mb: float = 0.0,
         task: str = "classification",
         preferred_default: str = PREFERRED_DEFAULT,
         empty_message: str = EMPTY_STORE_MESSAGE,
@@ -51,20 +85,30 @@ class ModelRegistry(Generic[M]):
         self._default = default_model
         self._poll_interval = poll_interval_s
         self._max_pinned = max_pinned
+        self._max_loaded = max_loaded_models
+        self._max_bytes = int(max_memory_mb * MIB)
         self._task = task
         self._preferred = preferred_default
         self._empty_message = empty_message
         self._latest: dict[str, tuple[str, M]] = {}  # name -> (version, model); replaced, never mutated
-        self._pinned: OrderedDict[tuple[str, str], M] = OrderedDict()
-        self._failed: dict[tuple[str, str], str] = {}  # (name, version) -> why it could not be loaded
+        self._pinned: OrderedDict[Key, M] = OrderedDict()  # older versions asked for by number
+        self._recent: OrderedDict[Key, int] = OrderedDict()  # every loaded key -> size, least recent first
+        self._noted: dict[str, str] = {}  # newest version of each model of this task, as of the last poll
+        self._default_name = ""  # the default model as of the last poll: its newest version is never evicted
+        self._failed: dict[Key, str] = {}  # (name, version) -> why it could not be loaded
+        self._checked: set[Key] = set()  # versions whose files were checked without loading them
         self._lock = threading.Lock()  # guards the references above
         self._load_lock = threading.Lock()  # one load at a time: no model is loaded twice
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._holder = f"{socket.gethostname().replace('@', '_')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._holds_renewed = 0.0
+        self._holds_work = True
+        self._over_budget_logged = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Load what the store holds now (blocking), then watch it in the background."""
+        """Load the default model now (blocking), then watch the store in the background."""
         self.refresh()
         self._thread = threading.Thread(target=self._poll, name="model-registry", daemon=True)
         self._thread.start()
@@ -73,6 +117,10 @@ class ModelRegistry(Generic[M]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._lock:
+            held = list(self._recent)
+        for key in held:
+            self.store.release(*key, self._holder)
 
     def _poll(self) -> None:
         while not self._stop.wait(self._poll_interval):
@@ -82,16 +130,35 @@ class ModelRegistry(Generic[M]):
                 log.exception("model store refresh failed")
 
     def refresh(self) -> None:
-        """Load new versions that appeared in the store; forget models that were deleted."""
+        """Load the default model and newer versions of loaded models; note the rest; forget deleted ones."""
         snapshot = self._task_snapshot()
-        for name, version in snapshot.items():
+        default = self._default_from(snapshot)
+        for name, newest in snapshot.items():
+            if name not in self._latest and name != default:
+                self._check(name, newest)
+        with self._lock:
+            self._noted = snapshot
+            self._default_name = default
+        wanted = set(self._latest) | ({default} if default else set())
+        for name in sorted(wanted):
+            version = snapshot.get(name)
             current = self._latest.get(name)
-            if (current is None or int(current[0]) < int(version)) and (name, version) not in self._failed:
+            if version is None or (name, version) in self._failed:
+                continue
+            if current is None or int(current[0]) < int(version):
                 with contextlib.suppress(ModelLoadFailed):  # recorded and logged; the rest still loads
                     self._load_latest(name, version)
         with self._lock:
+            gone = [key for key in self._recent if key[0] not in snapshot]
             self._latest = {n: v for n, v in self._latest.items() if n in snapshot}
+            for key in gone:
+                self._forget(key)
             self._failed = {k: why for k, why in self._failed.items() if k[0] in snapshot}
+            self._checked = {k for k in self._checked if k[0] in snapshot}
+        for key in gone:
+            self.store.release(*key, self._holder)
+        self._evict()
+        self._renew_holds()
 
     def _task_snapshot(self) -> dict[str, str]:
         """{name: newest version} of the store's models of this registry's task (others are ignored)."""
@@ -101,21 +168,43 @@ class ModelRegistry(Generic[M]):
             if self.store.get(name, version).metadata.task == self._task
         }
 
+    def _default_from(self, snapshot: dict[str, str]) -> str:
+        """The model a request naming none gets, given the store's models of this task ('' if none)."""
+        if self._default:
+            return self._default
+        if not snapshot:
+            return ""
+        if self._preferred in snapshot:
+            return self._preferred
+        latest = [self.store.get(n, v) for n, v in snapshot.items()]
+        return max(latest, key=lambda v: v.metadata.created_at).name
+
     def _load_latest(self, name: str, version: str) -> M:
         with self._load_lock:
             current = self._latest.get(name)
             if current is not None and int(current[0]) >= int(version):
+                self._touch((name, current[0]))
                 return current[1]
-            model = self._load(self.store.get(name, version))
+            stored = self.store.get(name, version)
+            size = estimated_size(stored)
+            self._evict(adding=size, replacing=(name, current[0]) if current else None)
+            model = self._load(stored)
             with self._lock:
                 self._latest = {**self._latest, name: (version, model)}
+                if current is not None and (name, current[0]) not in self._pinned:
+                    self._recent.pop((name, current[0]), None)
+                self._recent[stored.key] = size
+            self._hold(stored.key)
+            if current is not None:
+                self.store.release(name, current[0], self._holder)
             log.info(
                 "serving %s version %s%s",
                 name,
                 version,
                 f" (replacing version {current[0]})" if current else "",
             )
-            return model
+        self._evict(keep=stored.key)
+        return model
 
     def _load(self, stored: ModelVersion) -> M:
         """The loader's model, or `ModelLoadFailed` (recorded) saying why it could not be loaded."""
@@ -125,11 +214,107 @@ class ModelRegistry(Generic[M]):
         try:
             return self._loader(stored)
         except Exception as exc:
-            why = f"model {stored.name!r} version {stored.version} could not be loaded: {exc}"
-            log.error("%s", why, exc_info=exc)
-            with self._lock:
-                self._failed[key] = why
-            raise ModelLoadFailed(why) from exc
+            raise ModelLoadFailed(self._record_failure(stored, exc)) from exc
+
+    def _record_failure(self, stored: ModelVersion, exc: Exception) -> str:
+        why = f"model {stored.name!r} version {stored.version} could not be loaded: {exc}"
+        log.error("%s", why, exc_info=exc)
+        with self._lock:
+            self._failed[stored.key] = why
+        return why
+
+    def _check(self, name: str, version: str) -> None:
+        """Note a version that is not loaded, once: log it, and record it as failed if its files are damaged
+        (checked against the sha256 in its metadata, without loading it)."""
+        key = (name, version)
+        if key in self._checked or key in self._failed:
+            return
+        try:
+            stored = self.store.get(name, version)
+        except ModelNotFound:
+            return  # deleted meanwhile
+        try:
+            verify_weights(stored)
+        except Exception as exc:
+            self._record_failure(stored, exc)
+        else:
+            log.info("model %s version %s is available (loaded on its first request)", name, version)
+        with self._lock:
+            self._checked.add(key)
+
+    # -- the memory budget -----------------------------------------------------------------------------
+    def _touch(self, key: Key) -> None:
+        with self._lock:
+            if key in self._recent:
+                self._recent.move_to_end(key)
+
+    def _protected(self) -> Key | None:
+        """The default model's newest loaded version: never evicted."""
+        current = self._latest.get(self._default or self._default_name)
+        return (self._default or self._default_name, current[0]) if current else None
+
+    def _over_budget(self, adding: int | None, replacing: Key | None) -> bool:
+        sizes = {key: size for key, size in self._recent.items() if key != replacing}
+        count = len(sizes) + (adding is not None)
+        total = sum(sizes.values()) + (adding or 0)
+        return bool(
+            (self._max_loaded and count > self._max_loaded) or (self._max_bytes and total > self._max_bytes)
+        )
+
+    def _evict(
+        self, adding: int | None = None, replacing: Key | None = None, keep: Key | None = None
+    ) -> None:
+        """Unload least recently used versions until the loaded ones fit the budget, counting a version of
+        ``adding`` bytes about to be loaded (in place of ``replacing``, which stays loaded until the swap).
+        The default model's newest version is never unloaded, nor ``keep`` (the version just loaded)."""
+        evicted = []
+        with self._lock:
+            protected = {self._protected(), replacing, keep}
+            while self._over_budget(adding, replacing):
+                victim = next((key for key in self._recent if key not in protected), None)
+                if victim is None:
+                    if not self._over_budget_logged:
+                        log.warning(
+                            "loaded models exceed the budget (%d versions, %.0f MiB); none can be unloaded",
+                            len(self._recent),
+                            sum(self._recent.values()) / MIB,
+                        )
+                        self._over_budget_logged = True
+                    break
+                self._forget(victim)
+                evicted.append(victim)
+        for name, version in evicted:
+            self.store.release(name, version, self._holder)
+            log.info(
+                "unloaded %s version %s (least recently used; over the loaded-model budget)", name, version
+            )
+
+    def _forget(self, key: Key) -> None:
+        """Drop every reference the registry has to ``key`` (caller holds ``_lock``)."""
+        self._recent.pop(key, None)
+        self._pinned.pop(key, None)
+        current = self._latest.get(key[0])
+        if current is not None and current[0] == key[1]:
+            self._latest = {n: v for n, v in self._latest.items() if n != key[0]}
+
+    # -- holds: what pruning must leave alone ------------------------------------------------------------
+    def _hold(self, key: Key) -> None:
+        if self._holds_work and not self.store.hold(*key, self._holder):
+            self._holds_work = False
+            log.info(
+                "the model store is read-only here: versions this service has loaded are not held against "
+                "pruning (they keep serving from memory)"
+            )
+
+    def _renew_holds(self) -> None:
+        now = time.monotonic()
+        if not self._holds_work or now - self._holds_renewed < HOLD_TTL_S / 3:
+            return
+        self._holds_renewed = now
+        with self._lock:
+            keys = list(self._recent)
+        for key in keys:
+            self._hold(key)
 
     # -- lookups ---------------------------------------------------------------------------------------
     def resolve_name(self, name: str) -> str:
@@ -138,22 +323,20 @@ class ModelRegistry(Generic[M]):
             return name
         if self._default:
             return self._default
-        names = list(self._task_snapshot())
-        if not names:
+        default = self._default_from(self._task_snapshot())
+        if not default:
             raise NoModelAvailable(self._empty_message)
-        if self._preferred in names:
-            return self._preferred
-        latest = [self.store.get(n) for n in names]
-        return max(latest, key=lambda v: v.metadata.created_at).name
+        return default
 
     def get(self, name: str = "", version: str = "") -> tuple[str, str, M]:
         """(name, version, model) for a request; raises `ModelNotFound` with what is available."""
         name = self.resolve_name(name)
         current = self._latest.get(name)
         if current is not None and (not version or version == current[0]):
+            self._touch((name, current[0]))
             return name, current[0], current[1]
         if not version:
-            # Published after the last poll: load it now rather than answer "not found".
+            # Not loaded yet (or published after the last poll): load it now.
             stored = self.store.get(name)
             if stored.metadata.task != self._task:
                 raise ModelNotFound(f"model {name!r} is a {stored.metadata.task} model, not {self._task}")
@@ -165,24 +348,40 @@ class ModelRegistry(Generic[M]):
         with self._lock:
             if key in self._pinned:
                 self._pinned.move_to_end(key)
+                self._recent.move_to_end(key)
                 return self._pinned[key]
         stored = self.store.get(name, version)
         if stored.metadata.task != self._task:
             raise ModelNotFound(f"model {name!r} is a {stored.metadata.task} model, not {self._task}")
+        if self._latest.get(name) is None and version == self.store.versions(name)[-1]:
+            return self._load_latest(name, version)  # the newest, asked for by number: loaded as the newest
         with self._load_lock:
+            with self._lock:
+                if key in self._pinned:  # loaded by a concurrent request meanwhile
+                    return self._pinned[key]
+            size = estimated_size(stored)
+            self._evict(adding=size)
             model = self._load(stored)
-        with self._lock:
-            self._pinned[key] = model
-            while len(self._pinned) > self._max_pinned:
-                self._pinned.popitem(last=False)
+            with self._lock:
+                self._pinned[key] = model
+                self._recent[key] = size
+                dropped = []
+                while len(self._pinned) > self._max_pinned:
+                    old, _ = self._pinned.popitem(last=False)
+                    self._forget(old)
+                    dropped.append(old)
+            self._hold(key)
+            for old in dropped:
+                self.store.release(*old, self._holder)
+        self._evict(keep=key)
         return model
 
-    def load_errors(self) -> dict[tuple[str, str], str]:
+    def load_errors(self) -> dict[Key, str]:
         """Why each (name, version) that failed to load could not be loaded."""
         with self._lock:
             return dict(self._failed)
 
-    def loaded(self) -> set[tuple[str, str]]:
+    def loaded(self) -> set[Key]:
         """(name, version) of every model in memory."""
         with self._lock:
             return {(n, v) for n, (v, _) in self._latest.items()} | set(self._pinned)

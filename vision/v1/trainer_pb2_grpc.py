@@ -98,7 +98,8 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Server stream of progress events until the job ends (or the client goes away).
+        """Server stream of progress events until the job ends, the client goes away, or the stream reaches the
+        trainer's maximum watch time (it then ends with OK: watch again with after_seq = the last seq received).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
