@@ -5,7 +5,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vision.settings import MESSAGE_OVERHEAD_BYTES, max_upload_bytes, max_upload_files, shared
+from vision.settings import (
+    DEFAULT_MAX_CLASSES,
+    MESSAGE_OVERHEAD_BYTES,
+    max_upload_bytes,
+    max_upload_files,
+    shared,
+)
 
 # Multipart framing and the small form fields around the image.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -37,7 +43,32 @@ class GatewaySettings(BaseSettings):
     train_timeout_s: float = Field(
         3600.0,
         gt=0,
-        description="Deadline of the CreateJob stream behind one POST /train (the whole upload).",
+        description="Deadline of the CreateJob stream behind one POST /train (from its first file on).",
+    )
+    train_max_labels: int = Field(
+        DEFAULT_MAX_CLASSES, ge=2, description="Most classes (label1..labelN) one POST /train may name."
+    )
+    train_max_field_bytes: int = Field(
+        1024, ge=64, description="Longest text field (a label, an option) of POST /train, in bytes."
+    )
+    train_max_form_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Most bytes of all text fields of one POST /train together (names and values).",
+    )
+    train_max_concurrent: int = Field(
+        8, ge=1, description="POST /train uploads in progress at once; more get 429 at once."
+    )
+    events_max_streams: int = Field(
+        16, ge=1, description="GET /jobs/{id}/events streams open at once; more get 429 at once."
+    )
+    events_max_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest one event stream stays open; the browser then reconnects with Last-Event-ID.",
+    )
+    body_idle_timeout_s: float = Field(
+        30.0, gt=0, description="A request body that sends no byte for this long is refused with 408."
     )
     log_level: str = shared("VISION_LOG_LEVEL", "INFO", "Logging level.")
     log_json: bool = shared("VISION_LOG_JSON", False, "One JSON object per log line.")

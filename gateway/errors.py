@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 import grpc
@@ -13,10 +14,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.responses import ErrorBody, ErrorDetail
-from vision.errors import InvalidArgument
+from vision.errors import InvalidArgument, LimitExceeded, StorageFull
+from vision.rpc.status import ERROR_KIND_KEY, kind_name
 
 log = logging.getLogger(__name__)
 
+# The domain kinds (`vision.rpc.status.ERROR_KIND_KEY`) whose HTTP status differs from their gRPC code's.
+KIND_TO_HTTP: dict[str, tuple[int, str]] = {
+    kind_name(LimitExceeded): (413, "payload_too_large"),
+    kind_name(StorageFull): (507, "insufficient_storage"),
+}
 GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400,
@@ -55,23 +62,55 @@ def invalid_argument(exc: InvalidArgument) -> ApiError:
     return ApiError(400, "invalid_argument", exc.message)
 
 
+def error_kind(exc: grpc.aio.AioRpcError) -> str:
+    """The domain error kind a service named in its trailing metadata ("limit_exceeded" ...), or ''."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_KIND_KEY:
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return ""
+
+
+def _too_large(exc: grpc.aio.AioRpcError) -> bool:
+    """gRPC's own refusal of a message over a channel's or server's size limit (no domain kind): the text is
+    "Sent message larger than max (N vs. M)" or "Received message larger than max ..."."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or "")
+
+
 def from_rpc_error(exc: grpc.aio.AioRpcError, service: str, retry_after_s: int) -> ApiError:
-    """The HTTP error for a failed gRPC call to ``service``."""
+    """The HTTP error for a failed gRPC call to ``service``.
+
+    The domain kind in the trailing metadata refines the status: a limit is 413 (not 400), a full disk 507
+    (not 429). A message refused by gRPC for its size is 413 with a plain message, never 429 (retrying does
+    not help) and never gRPC's own text; a failure inside the service is 502 with an error id to quote.
+    """
     code = exc.code()
+    kind = error_kind(exc)
     status = GRPC_TO_HTTP.get(code, 502)
     message = exc.details() or code.name.lower()
+    name = code.name.lower()
     headers = {}
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if kind in KIND_TO_HTTP:
+        status, name = KIND_TO_HTTP[kind]
+        if status == 507:
+            message = f"the {service} service has no disk space left; nothing was kept. {message}"
+    elif _too_large(exc):
+        log.warning("%s: a message over gRPC's size limit: %s", service, exc.details())
+        status, name = 413, "payload_too_large"
+        message = (
+            f"the request or its answer is larger than the {service} service accepts; send a smaller one"
+        )
+    elif code == grpc.StatusCode.UNAVAILABLE:
         message = f"the {service} service is unavailable; try again shortly"
         log.warning("%s unavailable: %s", service, exc.details())
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"the {service} service did not answer in time; try again"
-    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        headers["Retry-After"] = str(retry_after_s)
     elif status == 502:
-        log.error("%s failed: %s %s", service, code, exc.details())
-        message = f"the {service} service failed; the error was logged"
-    return ApiError(status, code.name.lower(), message, headers)
+        error_id = secrets.token_hex(4)
+        log.error("error %s: %s failed: %s %s", error_id, service, code, exc.details())
+        message = f"the {service} service failed (error id {error_id}; the gateway logged the details)"
+    if status == 429:
+        headers["Retry-After"] = str(retry_after_s)
+    return ApiError(status, name, message, headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -17,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
-from gateway.limits import BodySizeLimitMiddleware
+from gateway.limits import BodyLimitsMiddleware
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.routers import detect, explain, predict, system
 from gateway.train import routes as train
@@ -87,9 +87,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.add_middleware(
-        BodySizeLimitMiddleware,
+        BodyLimitsMiddleware,
         max_bytes=settings.max_upload_bytes,
         path_limits={train.TRAIN_PATH: settings.max_train_body_bytes},
+        idle_timeout_s=settings.body_idle_timeout_s,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:

@@ -17,8 +17,16 @@ from gateway.errors import GRPC_TO_HTTP, ApiError, from_rpc_error
 from gateway.main import create_app
 from gateway.responses import ModelInfo
 from gateway.routers.detect import parse_classes
-from gateway.train.form import CHUNK_BYTES, TrainForm, build_spec
-from gateway.train.multipart import FileData, FileEnd, FileStart, FormField, Part, parse_multipart
+from gateway.train.form import CHUNK_BYTES, TrainForm, build_spec, field_limits
+from gateway.train.multipart import (
+    FieldLimits,
+    FileData,
+    FileEnd,
+    FileStart,
+    FormField,
+    Part,
+    parse_multipart,
+)
 from gateway.train.responses import Job
 from vision.choices import ARCHITECTURES, CAM_METHODS, COLORMAPS, OPTIMIZERS
 from vision.v1 import common_pb2, models_pb2, trainer_pb2
@@ -79,14 +87,15 @@ def test_overloaded_answers_carry_the_configured_retry_after() -> None:
     [
         (grpc.StatusCode.UNAVAILABLE, "the trainer service is unavailable; try again shortly"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "the trainer service did not answer in time; try again"),
-        (grpc.StatusCode.INTERNAL, "the trainer service failed; the error was logged"),
+        (grpc.StatusCode.INTERNAL, "the trainer service failed (error id "),
     ],
 )
 def test_transport_and_internal_failures_get_a_message_that_hides_the_details(
     code: grpc.StatusCode, message: str
 ) -> None:
     error = from_rpc_error(rpc_error(code, "Traceback (most recent call last)"), "trainer", 1)
-    assert error.message == message and error.headers == {}
+    assert error.message.startswith(message) and error.headers == {}
+    assert "Traceback" not in error.message
 
 
 # -- the app in-process: errors and OpenAPI ------------------------------------------------------------------
@@ -114,7 +123,8 @@ def operations(openapi: dict) -> Iterator[tuple[str, str, dict]]:  # type: ignor
 
 def test_openapi_names_a_json_schema_for_every_success_body(openapi: dict) -> None:  # type: ignore[type-arg]
     for path, method, operation in operations(openapi):
-        success = [status for status in operation["responses"] if status.startswith("2")]
+        # 204 (no body) only where the event stream has nothing left to send
+        success = [status for status in operation["responses"] if status.startswith("2") and status != "204"]
         assert len(success) == 1, (method, path)
         content = operation["responses"][success[0]]["content"]
         if path in NOT_JSON:
@@ -298,13 +308,16 @@ def test_the_form_refuses_bad_order_and_names_and_enforces_the_limits_as_parts_a
 # -- multipart, streamed -------------------------------------------------------------------------------------
 
 
-def parse(content_type: str, body: bytes, piece: int = 7) -> list[Part]:
+LIMITS = field_limits(max_labels=1000, max_field_bytes=1024, max_form_bytes=256 * 1024)
+
+
+def parse(content_type: str, body: bytes, piece: int = 7, limits: FieldLimits = LIMITS) -> list[Part]:
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), piece):
             yield body[start : start + piece]
 
     async def collect() -> list[Part]:
-        return [part async for part in parse_multipart(content_type, chunks())]
+        return [part async for part in parse_multipart(content_type, chunks(), limits)]
 
     return asyncio.run(collect())
 

@@ -241,7 +241,7 @@ BAD_UPLOADS = [
     bad(["cat", ""], FIVE_EACH, "is empty"),
     bad(["cat", "Cat"], FIVE_EACH, "are the same"),
     bad(["cat", "dog/../x"], FIVE_EACH, "path separator"),
-    bad(["cat", ".."], FIVE_EACH, "contains '..'"),
+    bad(["cat", ".."], FIVE_EACH, "is '.' or '..'"),
     bad(["cat", "d\x00g"], FIVE_EACH, "NUL or another control character"),
     bad(["cat", "d\x1bg"], FIVE_EACH, "another control character"),
     bad(TWO, {1: [("../../evil.png", images(1)[0][1])]}, "unacceptable name"),

@@ -20,12 +20,13 @@ from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import check_min_per_class, load_image_folder
 from trainer_svc.training.publishing import ensure_imagenet, read_report
 from vision.errors import Cancelled, InvalidArgument, Overloaded, StorageFull
+from vision.settings import MAX_JOBS_PAGE_SIZE
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
+MAX_PAGE_SIZE = MAX_JOBS_PAGE_SIZE
 WATCH_POLL_S = 1.0
 
 

@@ -30,6 +30,14 @@ def shared(env_name: str, default: Any, description: str) -> Any:
     return Field(default, validation_alias=AliasChoices(env_name), description=description)
 
 
+# Most classes one training job may have: the trainer's VISION_TRAINER_MAX_CLASSES and the gateway's
+# VISION_GATEWAY_TRAIN_MAX_LABELS default to it.
+DEFAULT_MAX_CLASSES = 1000
+# Longest class label, in characters.
+MAX_LABEL_CHARS = 100
+# Most jobs in one page of trainer_svc's ListJobs (and the gateway's GET /jobs).
+MAX_JOBS_PAGE_SIZE = 500
+
 # The limits of one uploaded training dataset. The gateway enforces them while POST /train streams in and
 # trainer_svc when it stores the upload: both read these same variables, so the two cannot disagree.
 MAX_UPLOAD_FILES_ENV = "VISION_MAX_UPLOAD_FILES"

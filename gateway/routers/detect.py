@@ -7,18 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from gateway.backends import BackendsDep
-from gateway.errors import ApiError
 from gateway.responses import DetectResponse, error_responses
+from gateway.values import INT32, int32, looks_like_integer, parse_int32
 from vision.v1 import common_pb2, detector_pb2
 
 router = APIRouter(tags=["detect"])
-INT32_MAX = 2**31 - 1
-
-
-def _int32(field: str, value: int | None) -> int | None:
-    if value is not None and not -INT32_MAX <= value <= INT32_MAX:
-        raise ApiError(400, "invalid_argument", f"{field} {value} is out of range")
-    return value
 
 
 def parse_classes(classes: str) -> tuple[list[int], list[str]]:
@@ -26,8 +19,8 @@ def parse_classes(classes: str) -> tuple[list[int], list[str]]:
     ids: list[int] = []
     names: list[str] = []
     for token in (t.strip() for t in classes.split(",")):
-        if token.lstrip("-").isdigit():
-            ids.append(int(_int32("class id", int(token)) or 0))
+        if looks_like_integer(token):
+            ids.append(parse_int32("classes", token))
         elif token:
             names.append(token)
     return ids, names
@@ -58,10 +51,10 @@ def build_request(
         request.conf = conf
     if iou is not None:
         request.iou = iou
-    if (checked := _int32("max_det", max_det)) is not None:
-        request.max_det = checked
-    if (checked := _int32("imgsz", imgsz)) is not None:
-        request.imgsz = checked
+    if max_det is not None:
+        request.max_det = int32("max_det", max_det)
+    if imgsz is not None:
+        request.imgsz = int32("imgsz", imgsz)
     return request
 
 
@@ -83,11 +76,25 @@ def build_request(
 async def detect(
     backends: BackendsDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
-    conf: Annotated[float | None, Form(description="Confidence threshold in [0, 1]; default 0.25")] = None,
-    iou: Annotated[float | None, Form(description="NMS IoU threshold in [0, 1]; default 0.45")] = None,
-    max_det: Annotated[int | None, Form(description="Most boxes returned; default 300")] = None,
+    conf: Annotated[
+        float | None, Form(ge=0.0, le=1.0, description="Confidence threshold in [0, 1]; default 0.25")
+    ] = None,
+    iou: Annotated[
+        float | None, Form(ge=0.0, le=1.0, description="NMS IoU threshold in [0, 1]; default 0.45")
+    ] = None,
+    max_det: Annotated[
+        int | None, Form(ge=1, le=INT32.stop - 1, description="Most boxes returned; default 300")
+    ] = None,
     classes: Annotated[str, Form(description="Keep only these: ids and/or names, e.g. '0,bus'")] = "",
-    imgsz: Annotated[int | None, Form(description="Inference size, a multiple of 32; default 640")] = None,
+    imgsz: Annotated[
+        int | None,
+        Form(
+            ge=32,
+            le=INT32.stop - 1,
+            multiple_of=32,
+            description="Inference size, a multiple of 32; default 640",
+        ),
+    ] = None,
     annotate: Annotated[bool, Form(description="Return the annotated image")] = True,
     model: Annotated[str, Form(description="Model name; empty: the default detection model")] = "",
     version: Annotated[str, Form(description="Model version; empty: the newest")] = "",

@@ -20,6 +20,7 @@ from gateway.responses import (
     error_responses,
     png_data_uri,
 )
+from gateway.values import looks_like_integer, parse_int32
 from vision.choices import CAM_METHODS, COLORMAPS, Choices
 from vision.errors import InvalidArgument
 from vision.v1 import common_pb2, explainer_pb2
@@ -57,7 +58,7 @@ def build_request(
     version: str,
     top_k: int = 5,
 ) -> explainer_pb2.ExplainRequest:
-    """``target_class`` is a class index ("281") or a label ("tabby"); empty: the predicted class."""
+    """``target_class``: a class index ("281", an int32) or a label ("tabby"); empty: the predicted class."""
     request = explainer_pb2.ExplainRequest(
         image=image,
         model=common_pb2.ModelRef(name=model, version=version),
@@ -68,8 +69,8 @@ def build_request(
         top_k=top_k,
     )
     target = target_class.strip()
-    if target.lstrip("-").isdigit():
-        request.target_class_id = int(target)
+    if looks_like_integer(target):
+        request.target_class_id = parse_int32("target_class", target)
     elif target:
         request.target_label = target
     return request

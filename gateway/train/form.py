@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import ApiError, invalid_argument
-from gateway.train.multipart import FileData, FileEnd, FileStart, FormField, Part
+from gateway.train.multipart import FieldLimits, FileData, FileEnd, FileStart, FormField, Part
+from gateway.values import INT32
 from vision.choices import ARCHITECTURES, OPTIMIZERS, Choices, pretrained_by_default
 from vision.errors import InvalidArgument
+from vision.settings import DEFAULT_MAX_CLASSES
 from vision.v1 import trainer_pb2
 
 CHUNK_BYTES = 256 * 1024
@@ -34,9 +36,10 @@ NUMBERS: tuple[tuple[str, str, type, bool], ...] = (
     ("lr", "learning_rate", float, True), ("val_split", "val_fraction", float, True),
     ("label_smoothing", "label_smoothing", float, False),
 )  # fmt: skip
-INT32 = range(-(2**31), 2**31)
-_LABEL = re.compile(r"^label([1-9][0-9]{0,3})$")
-_FILES = re.compile(r"^files([1-9][0-9]{0,3})$")
+LABEL_FIELD_PATTERN = r"^label([1-9][0-9]{0,3})$"
+FILES_FIELD_PATTERN = r"^files([1-9][0-9]{0,3})$"
+_LABEL = re.compile(LABEL_FIELD_PATTERN)
+_FILES = re.compile(FILES_FIELD_PATTERN)
 
 
 def _bad(message: str) -> ApiError:
@@ -116,12 +119,21 @@ def build_spec(fields: dict[str, str], labels: dict[int, str]) -> trainer_pb2.Jo
     return spec
 
 
+def field_limits(max_labels: int, max_field_bytes: int, max_form_bytes: int) -> FieldLimits:
+    """The bounds on POST /train's text fields: a label or an option each, at most once each (a repeated
+    field is counted again, so repeating one cannot grow the form without bound)."""
+    return FieldLimits(
+        max_field_bytes=max_field_bytes, max_fields=max_labels + len(OPTIONS), max_total_bytes=max_form_bytes
+    )
+
+
 @dataclass
 class TrainForm:
     """Turns the body's parts into CreateJob messages, enforcing the order and the limits."""
 
     max_files: int
     max_bytes: int
+    max_labels: int = DEFAULT_MAX_CLASSES
     fields: dict[str, str] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
     spec_sent: bool = False
@@ -161,7 +173,12 @@ class TrainForm:
                 f"form field {part.name!r} came after the first file: send every field before the files"
             )
         if label:
-            self.labels[int(label.group(1))] = part.value
+            number = int(label.group(1))
+            if number > self.max_labels:
+                raise _bad(
+                    f"{part.name}: a job has at most {self.max_labels} classes (label{self.max_labels})"
+                )
+            self.labels[number] = part.value
         else:
             self.fields[part.name] = part.value
 

@@ -1,21 +1,36 @@
 """multipart/form-data parsed as it streams in (python_multipart's incremental parser), never held whole.
 
-`parse_multipart(content_type, body)` turns an async iterator of body chunks into parts, in body order:
-`FormField` (a text field, whole: text fields are small and capped), and for each file a `FileStart`, its
-bytes as `FileData` pieces (as they arrived: at most one received chunk each), and a `FileEnd`.
+`parse_multipart(content_type, body, limits)` turns an async iterator of body chunks into parts, in body
+order: `FormField` (a text field, whole: text fields are small and capped), and for each file a `FileStart`,
+its bytes as `FileData` pieces (as they arrived: at most one received chunk each), and a `FileEnd`.
+
+Text fields are held in memory until they are complete, so `FieldLimits` bounds them while they stream in:
+the bytes of one field, the number of text fields and their bytes together (names included). A body over a
+limit is refused the moment it passes it, before the rest is read.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.errors import ApiError
 
-MAX_FIELD_BYTES = 64 * 1024
+_EXTENDED_FILENAME = re.compile(r";\s*filename\*\s*=\s*([^;]*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FieldLimits:
+    """Bounds on a body's text (non-file) fields."""
+
+    max_field_bytes: int  # one field's value
+    max_fields: int  # text fields in the body
+    max_total_bytes: int  # every text field's name and value together
 
 
 @dataclass(frozen=True)
@@ -58,7 +73,10 @@ def boundary_of(content_type: str) -> bytes:
 class _Collector:
     """python_multipart callbacks -> a list of parts (drained after every ``write``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: FieldLimits) -> None:
+        self.limits = limits
+        self.fields = 0
+        self.text_bytes = 0
         self.parts: list[Part] = []
         self.headers: dict[str, str] = {}
         self._field, self._value = b"", b""
@@ -90,21 +108,40 @@ class _Collector:
         self._field, self._value = b"", b""
 
     def _headers_finished(self) -> None:
-        _, options = parse_options_header(self.headers.get("content-disposition", ""))
+        disposition = self.headers.get("content-disposition", "")
+        _, options = parse_options_header(disposition)
         if b"name" not in options:
             raise _bad("a multipart part has no name (Content-Disposition: form-data; name=...)")
         self._name = options[b"name"].decode("utf-8", "replace")
-        self._is_file = b"filename" in options
-        if self._is_file:
-            self.parts.append(FileStart(self._name, options[b"filename"].decode("utf-8", "replace")))
+        filename = options[b"filename"].decode("utf-8", "replace") if b"filename" in options else None
+        if filename is None:
+            filename = extended_file_name(disposition)
+        self._is_file = filename is not None
+        if filename is not None:
+            self.parts.append(FileStart(self._name, filename))
+            return
+        self.fields += 1
+        if self.fields > self.limits.max_fields:
+            raise _bad(f"the form has more than {self.limits.max_fields} text fields, the most accepted")
+        self._count_text(len(options[b"name"]))
+
+    def _count_text(self, size: int) -> None:
+        self.text_bytes += size
+        if self.text_bytes > self.limits.max_total_bytes:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"the form's text fields add up to more than {self.limits.max_total_bytes} bytes, the limit",
+            )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
             self.parts.append(FileData(bytes(data[start:end])))
             return
         self._text += data[start:end]
-        if len(self._text) > MAX_FIELD_BYTES:
-            raise _bad(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+        if len(self._text) > self.limits.max_field_bytes:
+            raise _bad(f"form field {self._name!r} is longer than {self.limits.max_field_bytes} bytes")
+        self._count_text(end - start)
 
     def _part_end(self) -> None:
         if self._is_file:
@@ -119,9 +156,25 @@ class _Collector:
         self.ended = True
 
 
-async def parse_multipart(content_type: str, body: AsyncIterator[bytes]) -> AsyncIterator[Part]:
-    """The body's parts as they arrive; 400 for a malformed or truncated body."""
-    collector = _Collector()
+def extended_file_name(disposition: str) -> str | None:
+    """The file name of a part that gives only RFC 5987's ``filename*=utf-8''caf%C3%A9.png`` (python-multipart
+    ignores it, as RFC 7578 forbids it in forms; some clients still send it): a file, not a text field."""
+    match = _EXTENDED_FILENAME.search(disposition)
+    if match is None:
+        return None
+    charset, _, encoded = match.group(1).strip().strip('"').partition("'")
+    encoded = encoded.partition("'")[2]  # after the language tag
+    try:
+        return unquote(encoded, encoding=charset or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset: the name is only informative
+        return unquote(encoded, errors="replace")
+
+
+async def parse_multipart(
+    content_type: str, body: AsyncIterator[bytes], limits: FieldLimits
+) -> AsyncIterator[Part]:
+    """The body's parts as they arrive; 400 for a malformed or truncated body, 400/413 past ``limits``."""
+    collector = _Collector(limits)
     parser = MultipartParser(boundary_of(content_type), collector.callbacks())  # type: ignore[arg-type]
     async for chunk in body:
         if not chunk:

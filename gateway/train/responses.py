@@ -253,8 +253,10 @@ def event_body(event: trainer_pb2.JobEvent) -> JobEvent:
     return JobEvent.model_validate(fields)
 
 
-def sse(event: trainer_pb2.JobEvent, number: int) -> bytes:
-    """One Server-Sent Event: ``id``, ``event`` (state | progress | epoch | message) and one JSON line."""
+def sse(event: trainer_pb2.JobEvent) -> bytes:
+    """One Server-Sent Event: ``id`` (the event's place in the job's history, what ``Last-Event-ID`` resumes
+    after; none for an event outside it), ``event`` (state | progress | epoch | message) and one JSON line."""
     kind = EVENT_KINDS.get(event.kind, "message")
     data = json.dumps(event_body(event).model_dump(mode="json", by_alias=True))
-    return f"id: {number}\nevent: {kind}\ndata: {data}\n\n".encode()
+    event_id = f"id: {event.seq}\n" if event.seq > 0 else ""
+    return f"{event_id}event: {kind}\ndata: {data}\n\n".encode()

@@ -3,17 +3,23 @@ evaluation stored with a trained model version."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from gateway.backends import BackendsDep
 from gateway.errors import ApiError, from_rpc_error
 from gateway.responses import ModelRef, error_responses
-from gateway.train.form import DEFAULT_MODEL_NAME, NUMBERS, TrainForm
+from gateway.train.events import ENDED, EVENT_ID_PATTERN, EventRelay, HeldStream
+from gateway.train.form import (
+    DEFAULT_MODEL_NAME,
+    FILES_FIELD_PATTERN,
+    LABEL_FIELD_PATTERN,
+    NUMBERS,
+    TrainForm,
+    field_limits,
+)
 from gateway.train.responses import (
     STATUS,
     Job,
@@ -26,14 +32,17 @@ from gateway.train.responses import (
     ModelLinks,
     ModelReport,
     ProgressEvent,
-    sse,
 )
 from gateway.train.upload import create_job
+from gateway.values import INT32
 from vision.choices import ARCHITECTURES, OPTIMIZERS, PRETRAINED_ARCHITECTURES
+from vision.models.store import MODEL_NAME_PATTERN
+from vision.settings import MAX_JOBS_PAGE_SIZE, MAX_LABEL_CHARS
 from vision.v1 import common_pb2, trainer_pb2
 
 router = APIRouter(tags=["train"])
 TRAIN_PATH = "/train"
+PAGE_TOKEN_PATTERN = r"^[0-9]{0,18}$"
 ERRORS = error_responses(
     {
         400: "Bad input: labels, files, options",
@@ -57,17 +66,28 @@ EVENT_STREAM_SCHEMA = {
 
 
 def _form_doc() -> dict[str, Any]:
-    """The multipart form of POST /train, for OpenAPI (the body is parsed as it streams, not by FastAPI)."""
-    described = {"type": "string", "description": "Name of class 1 (label2 ... labelN likewise)"}
+    """The multipart form of POST /train, for OpenAPI (the body is parsed as it streams, not by FastAPI):
+    ``label1``..``labelN`` and ``files1``..``filesN`` as pattern properties, with the limits the gateway and
+    the trainer enforce."""
+    label = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_LABEL_CHARS,
+        "pattern": r"^\S(.*\S)?$",
+        "description": "Name of a class (label1 ... labelN, numbered without gaps)",
+    }
     files = {
         "type": "array",
-        "items": {"type": "string", "format": "binary"},
-        "description": "Images of class 1 (files2 ... filesN likewise); after the fields",
+        "minItems": 1,
+        "items": {"type": "string", "format": "binary", "minLength": 1},
+        "description": "Images of the class with the same number (files1 ... filesN); after every field",
     }
     properties: dict[str, Any] = {
-        "label1": described,
+        "label1": label,
+        "label2": label,
         "files1": files,
-        "model_name": {"type": "string", "default": DEFAULT_MODEL_NAME},
+        "files2": files,
+        "model_name": {"type": "string", "pattern": MODEL_NAME_PATTERN, "default": DEFAULT_MODEL_NAME},
         "arch": {"type": "string", "enum": list(ARCHITECTURES.names), "default": ARCHITECTURES.default},
         "pretrained": {
             "type": "boolean",
@@ -77,14 +97,20 @@ def _form_doc() -> dict[str, Any]:
         "optimizer": {"type": "string", "enum": list(OPTIMIZERS.names), "default": OPTIMIZERS.default},
         "hflip": {"type": "boolean", "default": True},
     }
-    for name, _, kind, _ in NUMBERS:
-        properties[name] = {
-            "type": "integer" if kind is int else "number",
-            "description": "unset: the trainer's default",
-        }
+    for name, _, kind, zero_is_default in NUMBERS:
+        number: dict[str, Any] = {"type": "integer" if kind is int else "number"}
+        if kind is int:
+            number.update(minimum=1 if zero_is_default else 0, maximum=INT32.stop - 1)
+        elif zero_is_default:
+            number["exclusiveMinimum"] = 0
+        else:
+            number["minimum"] = 0
+        properties[name] = {**number, "description": "unset: the trainer's default"}
     schema = {
         "type": "object",
         "properties": properties,
+        "patternProperties": {LABEL_FIELD_PATTERN: label, FILES_FIELD_PATTERN: files},
+        "additionalProperties": False,
         "required": ["label1", "label2", "files1", "files2"],
     }
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
@@ -110,20 +136,36 @@ async def train(request: Request, backends: BackendsDep) -> JobCreated:
     streamed to the trainer as it arrives. Answers once every image is stored and the job is queued."""
     settings = backends.settings
     channel = backends.trainer_upload  # 503 when no trainer is deployed
-    form = TrainForm(max_files=settings.train_max_files, max_bytes=settings.train_max_bytes)
-    job = await create_job(
-        channel,
-        request.headers.get("content-type", ""),
-        request.stream(),
-        form,
-        timeout_s=settings.train_timeout_s,
-        retry_after_s=settings.retry_after_s,
+    form = TrainForm(
+        max_files=settings.train_max_files,
+        max_bytes=settings.train_max_bytes,
+        max_labels=settings.train_max_labels,
     )
+    limits = field_limits(
+        settings.train_max_labels, settings.train_max_field_bytes, settings.train_max_form_bytes
+    )
+    with backends.uploads.held():  # 429 beyond VISION_GATEWAY_TRAIN_MAX_CONCURRENT
+        job = await create_job(
+            channel,
+            request.headers.get("content-type", ""),
+            request.stream(),
+            form,
+            limits=limits,
+            timeout_s=settings.train_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
     return JobCreated(job_id=job.id, status=STATUS.get(job.state, "queued"), **JobLinks.urls(job.id))
 
 
 @router.get("/jobs", summary="Training jobs, newest first", response_model=JobsResponse, responses=ERRORS)
-async def list_jobs(backends: BackendsDep, page_size: int = 50, page_token: str = "") -> JobsResponse:
+async def list_jobs(
+    backends: BackendsDep,
+    page_size: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE_SIZE, description="Jobs per page")] = 50,
+    page_token: Annotated[
+        str,
+        Query(pattern=PAGE_TOKEN_PATTERN, max_length=18, description="next_page_token of the previous page"),
+    ] = "",
+) -> JobsResponse:
     request = trainer_pb2.ListJobsRequest(page_size=page_size, page_token=page_token)
     reply = await backends.call("trainer", backends.trainer.ListJobs, request)
     return JobsResponse(jobs=[Job.from_proto(j) for j in reply.jobs], next_page_token=reply.next_page_token)
@@ -156,30 +198,52 @@ async def cancel_job(job_id: str, backends: BackendsDep) -> JobResponse:
 @router.get(
     "/jobs/{job_id}/events",
     summary="Live progress as Server-Sent Events (history first), until the job ends",
-    response_class=StreamingResponse,
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}}}},
+    response_class=Response,
+    responses={
+        **ERRORS,
+        200: {"content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}}},
+        204: {"description": "The job has ended and the client has every event (after Last-Event-ID)"},
+    },
 )
-async def job_events(job_id: str, backends: BackendsDep) -> StreamingResponse:
-    """``event: state | progress | epoch | message`` with one JSON object per ``data:`` line."""
-    call = backends.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id))
-    first = await _unary(
-        call.read(), backends.settings.retry_after_s
-    )  # an unknown job fails here, as a JSON 404, not inside the stream
-
-    async def stream() -> AsyncIterator[bytes]:
-        event, number = first, 0
-        try:
-            while event is not grpc.aio.EOF:  # type: ignore[attr-defined]
-                number += 1
-                yield sse(event, number)
-                event = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            yield f'event: error\ndata: {{"message": "{exc.code().name.lower()}"}}\n\n'.encode()
-        finally:
-            call.cancel()
-
+async def job_events(
+    job_id: str,
+    backends: BackendsDep,
+    last_event_id: Annotated[
+        str,
+        Header(
+            alias="Last-Event-ID",
+            pattern=EVENT_ID_PATTERN,
+            description="The id of the last event received: the stream resumes after it (EventSource sends "
+            "it when it reconnects)",
+        ),
+    ] = "",
+) -> Response:
+    """``event: state | progress | epoch | message`` with one JSON object per ``data:`` line; each event's
+    ``id`` is its place in the job's history. A stream ends when the job has ended or after
+    ``VISION_GATEWAY_EVENTS_MAX_S``; a browser's EventSource then reconnects with ``Last-Event-ID`` and gets
+    only what it missed. 204 when the job has ended and nothing is left to send (EventSource stops)."""
+    settings = backends.settings
+    job = await backends.call("trainer", backends.trainer.GetJob, trainer_pb2.GetJobRequest(job_id=job_id))
+    after = int(last_event_id or 0)
+    backends.event_streams.take()  # 429 beyond VISION_GATEWAY_EVENTS_MAX_STREAMS
+    call = backends.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id, after_seq=after))
+    events = EventRelay(call, settings.events_max_s, settings.retry_after_s)
+    try:
+        if job.state in ENDED and await events.nothing_left():
+            events.close()
+            backends.event_streams.give_back()
+            return Response(status_code=204)
+    except BaseException:
+        events.close()
+        backends.event_streams.give_back()
+        raise
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    return HeldStream(
+        events.stream(),
+        on_close=lambda: (events.close(), backends.event_streams.give_back()),
+        media_type="text/event-stream",
+        headers=headers,
+    )
 
 
 async def _report(backends: BackendsDep, name: str, version: str) -> trainer_pb2.GetModelReportResponse:

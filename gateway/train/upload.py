@@ -16,7 +16,7 @@ import grpc
 
 from gateway.errors import from_rpc_error
 from gateway.train.form import CHUNK_BYTES, TrainForm
-from gateway.train.multipart import parse_multipart
+from gateway.train.multipart import FieldLimits, parse_multipart
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 Message = trainer_pb2.CreateJobRequest
@@ -26,8 +26,10 @@ UPLOAD_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 4 * CHUNK_BYTES)]
 
 
 def _as_aio_error(exc: grpc.RpcError) -> grpc.aio.AioRpcError:
+    """The synchronous call's error in the asyncio client's shape, trailing metadata (the error kind) kept."""
     call = cast(grpc.Call, exc)
-    return grpc.aio.AioRpcError(call.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), call.details(), None)
+    trailing = grpc.aio.Metadata(*(call.trailing_metadata() or ()))
+    return grpc.aio.AioRpcError(call.code(), grpc.aio.Metadata(), trailing, call.details(), None)
 
 
 def _on_done(call: grpc.Future) -> asyncio.Future[None]:
@@ -87,42 +89,74 @@ class Outbox:
         self._queue.put_nowait(None)
 
 
+class CreateJobCall:
+    """The CreateJob call behind one POST /train, opened with its first message (the JobSpec, made once the
+    form fields are parsed): a client that sends headers and then nothing, or only form fields slowly,
+    holds no trainer thread."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float) -> None:
+        self._channel = channel
+        self._timeout_s = timeout_s
+        self.call: grpc.Future | None = None
+        self._outbox: Outbox | None = None
+        self._finished: asyncio.Future[None] | None = None
+
+    async def send(self, message: Message | None) -> bool:
+        """Queue ``message`` (None: the end of the stream); False once the trainer has answered."""
+        if self._outbox is None or self._finished is None:
+            self._outbox = Outbox()
+            stub = trainer_pb2_grpc.TrainerStub(self._channel)
+            self.call = stub.CreateJob.future(self._outbox.messages(), timeout=self._timeout_s)
+            self._finished = _on_done(self.call)
+        return await self._outbox.put(message, self._finished)
+
+    async def result(self) -> trainer_pb2.Job:
+        assert self.call is not None and self._finished is not None
+        await self._finished
+        return cast(trainer_pb2.Job, self.call.result())
+
+    def close(self) -> None:
+        if self.call is not None and not self.call.done():
+            self.call.cancel()  # the body failed (a limit, malformed, client gone): the upload is dropped
+        if self._outbox is not None:
+            self._outbox.close()
+
+
 async def create_job(
     channel: grpc.Channel,
     content_type: str,
     body: AsyncIterator[bytes],
     form: TrainForm,
     *,
+    limits: FieldLimits,
     timeout_s: float,
     retry_after_s: int,
 ) -> trainer_pb2.Job:
     """Stream the multipart ``body`` into CreateJob over ``channel``; the Job the trainer created.
+
+    The call is opened only when the form fields have been parsed (at the first file, or at the end of a
+    body without files), and its deadline ``timeout_s`` counts from then.
 
     ``channel`` is a synchronous one (opened once, in `Backends`): when the trainer refuses an upload
     part-way (a bad label, a file that is not an image) while messages are still being written, grpc's
     asyncio client can report INTERNAL instead of the trainer's status (grpc/grpc#36066); the synchronous
     one reports it.
     """
-    outbox = Outbox()
-    call = trainer_pb2_grpc.TrainerStub(channel).CreateJob.future(outbox.messages(), timeout=timeout_s)
-    finished = _on_done(call)
+    upload = CreateJobCall(channel, timeout_s)
     try:
         sending = True
-        async for part in parse_multipart(content_type, body):
+        async for part in parse_multipart(content_type, body, limits):
             for message in form.feed(part):
-                sending = sending and await outbox.put(message, finished)
+                sending = sending and await upload.send(message)
             if not sending:
                 break
         if sending:
             for message in form.finish():
-                sending = sending and await outbox.put(message, finished)
+                sending = sending and await upload.send(message)
             if sending:
-                await outbox.put(None, finished)
-        await finished
-        return cast(trainer_pb2.Job, call.result())
+                await upload.send(None)
+        return await upload.result()
     except grpc.RpcError as exc:
         raise from_rpc_error(_as_aio_error(exc), "trainer", retry_after_s) from exc
     finally:
-        if not call.done():
-            call.cancel()  # the body failed (a limit, malformed, client gone): the upload is dropped
-        outbox.close()
+        upload.close()

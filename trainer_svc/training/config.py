@@ -18,11 +18,11 @@ from typing import Any
 from vision.choices import ARCHITECTURES, OPTIMIZERS, PRETRAINED_ARCHITECTURES, pretrained_by_default
 from vision.errors import InvalidArgument
 from vision.models.store import validate_model_name
+from vision.settings import DEFAULT_MAX_CLASSES, MAX_LABEL_CHARS
 
 DATASET_KINDS = ("upload", "image_folder", "food101")
 MAX_EPOCHS = 1000
-MAX_CLASSES = 1000
-MAX_LABEL_CHARS = 100
+MAX_CLASSES = DEFAULT_MAX_CLASSES
 MAX_FILE_NAME_CHARS = 255
 FOOD101_HANDLE = "dansbecker/food-101"  # kagglehub dataset handle
 

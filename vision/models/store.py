@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # and no '..'
+_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
 HOLDS_DIR = ".holds"
 HOLD_TTL_S = 15 * 60.0  # a hold not renewed for this long (its holder died) protects nothing
