@@ -107,6 +107,11 @@ def test_predict_gradcam_keeps_the_original_shape(client: httpx.Client, zidane_j
         ({"target_class": "10"}, "out of range"),
         ({"target_class": "-1"}, "out of range"),
         ({"target_class": "zebra"}, "unknown target label 'zebra'"),
+        # malformed numbers were 500s: a non-number is a label, an int32 overflow names the field
+        ({"target_class": "--1"}, "unknown target label '--1'"),
+        ({"target_class": "\u00b2"}, "unknown target label '\u00b2'"),
+        ({"target_class": "99999999999"}, "target_class is out of range"),
+        ({"target_class": "9" * 400}, "target_class is out of range"),
         ({"alpha": "1.5"}, "alpha"),
         ({"alpha": "-0.1"}, "alpha"),
         ({"colormap": "rainbow"}, "accepted: jet, viridis, inferno, turbo, gray"),
