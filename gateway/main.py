@@ -48,8 +48,41 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             ref_template="#/components/schemas/{model}",
         )
         components.update(events.get("$defs", {}))
+        _add_links(schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+# OpenAPI links: what a client (or a stateful fuzzer) can do next with an answer's ids.
+_JOB_OPERATIONS = (
+    ("/jobs/{job_id}", "get"),
+    ("/jobs/{job_id}/events", "get"),
+    ("/jobs/{job_id}/cancel", "post"),
+)
+_MODEL_OPERATIONS = (
+    ("/models/{name}/versions/{version}/report", "get"),
+    ("/models/{name}/versions/{version}/{image}.png", "get"),
+)
+LINKS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...], dict[str, str]], ...] = (
+    ("/train", "post", "202", _JOB_OPERATIONS, {"job_id": "$response.body#/job_id"}),
+    ("/jobs", "get", "200", _JOB_OPERATIONS, {"job_id": "$response.body#/jobs/0/job_id"}),
+    (
+        "/models",
+        "get",
+        "200",
+        _MODEL_OPERATIONS,
+        {"name": "$response.body#/models/0/name", "version": "$response.body#/models/0/version"},
+    ),
+)
+
+
+def _add_links(schema: dict[str, Any]) -> None:
+    paths = schema["paths"]
+    for path, method, status, targets, parameters in LINKS:
+        links = paths[path][method]["responses"][status].setdefault("links", {})
+        for target_path, target_method in targets:
+            operation_id = paths[target_path][target_method]["operationId"]
+            links[operation_id] = {"operationId": operation_id, "parameters": dict(parameters)}
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

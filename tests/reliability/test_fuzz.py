@@ -16,12 +16,14 @@ import schemathesis
 import schemathesis.core
 from hypothesis import HealthCheck, Phase
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.reliability.mesh import VisionRun, figures
 
-POSITIVE_EXAMPLES = 40  # per operation
-NEGATIVE_EXAMPLES = 15  # per operation
+POSITIVE_EXAMPLES = 70  # per operation
+NEGATIVE_EXAMPLES = 25  # per operation
+STATEFUL_SCENARIOS = 25  # sequences following the document's links (train/jobs -> job, models -> report)
 BUDGET_S = 80.0  # all operations together; cases past it are not sent
 REQUEST_TIMEOUT_S = 35.0  # the gateway's own gRPC deadline is 30 s: past this a request hangs
 
@@ -79,7 +81,7 @@ def _fuzz(
             return
         try:
             case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
-        except (AssertionError, ExceptionGroup) as exc:  # Failure / FailureGroup
+        except (AssertionError, FailureGroup) as exc:
             summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             tally.nonconforming.append(
                 f"{response.status_code} {label} [{mode.value}]: {summary}: {_request_text(case)}"
@@ -133,3 +135,45 @@ def test_fuzzed_requests_get_no_server_error_and_answers_match_the_schema(mesh: 
     assert not tally.nonconforming, f"{len(tally.nonconforming)} answers off the schema:\n" + "\n".join(
         tally.nonconforming[:20]
     )
+
+
+@pytest.mark.timeout(240)
+def test_fuzzed_sequences_following_the_links_get_no_server_error(mesh: VisionRun) -> None:
+    """Stateful: schemathesis chains operations through the OpenAPI links (a listed or created job's id into
+    GET /jobs/{id}, its events and its cancel; a listed model into its report), so calls reach real jobs
+    and models, not only ids that do not exist."""
+    schema = schemathesis.openapi.from_url(f"{mesh.url}/openapi.json", timeout=10)
+    calls: list[str] = []
+    failures: list[str] = []
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def call(self, case: schemathesis.Case, **kwargs: object) -> requests.Response:
+            return case.call(base_url=mesh.url, timeout=REQUEST_TIMEOUT_S)
+
+        def validate_response(
+            self, response: requests.Response, case: schemathesis.Case, **_: object
+        ) -> None:
+            calls.append(f"{case.operation.method.upper()} {case.operation.path}")
+            if response.status_code >= 500:
+                failures.append(f"{response.status_code} {calls[-1]}: {_request_text(case)}")
+                return
+            try:
+                case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+            except (AssertionError, FailureGroup) as exc:
+                failures.append(f"{response.status_code} {calls[-1]}: {str(exc).strip()[:200]}")
+
+    Workflow.run(
+        settings=hypothesis.settings(
+            max_examples=STATEFUL_SCENARIOS,
+            stateful_step_count=6,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
+        )
+    )
+    linked = [c for c in calls if "{" in c]
+    figures("stateful fuzz", calls=len(calls), to_linked_operations=len(linked), failures=len(failures))
+    assert calls and linked, "no sequence followed a link"
+    assert not failures, "\n".join(failures[:20])
