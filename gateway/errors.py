@@ -64,9 +64,10 @@ def invalid_argument(exc: InvalidArgument) -> ApiError:
 
 def error_kind(exc: grpc.aio.AioRpcError) -> str:
     """The domain error kind a service named in its trailing metadata ("limit_exceeded" ...), or ''."""
-    for key, value in exc.trailing_metadata() or ():
+    trailing: Any = exc.trailing_metadata() or ()
+    for key, value in trailing:
         if key == ERROR_KIND_KEY:
-            return value if isinstance(value, str) else value.decode("ascii", "replace")
+            return value if isinstance(value, str) else bytes(value).decode("ascii", "replace")
     return ""
 
 

@@ -228,22 +228,20 @@ async def job_events(
     backends.event_streams.take()  # 429 beyond VISION_GATEWAY_EVENTS_MAX_STREAMS
     call = backends.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id, after_seq=after))
     events = EventRelay(call, settings.events_max_s, settings.retry_after_s)
-    try:
-        if job.state in ENDED and await events.nothing_left():
-            events.close()
-            backends.event_streams.give_back()
-            return Response(status_code=204)
-    except BaseException:
+
+    def release() -> None:
         events.close()
         backends.event_streams.give_back()
+
+    try:
+        if job.state in ENDED and await events.nothing_left():
+            release()
+            return Response(status_code=204)
+    except BaseException:
+        release()
         raise
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return HeldStream(
-        events.stream(),
-        on_close=lambda: (events.close(), backends.event_streams.give_back()),
-        media_type="text/event-stream",
-        headers=headers,
-    )
+    return HeldStream(events.stream(), on_close=release, media_type="text/event-stream", headers=headers)
 
 
 async def _report(backends: BackendsDep, name: str, version: str) -> trainer_pb2.GetModelReportResponse:
