@@ -47,7 +47,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("robust-gateway")
     # One upload at a time in the trainer: a gateway that opened CreateJob before the files would be refused.
-    settings = trainer_settings(root, max_concurrent_uploads=1)
+    settings = trainer_settings(root, max_concurrent_uploads=1, max_watchers=2)
     classifier, engine = start_classifier(ModelStore(settings.model_dir))
     by_class: dict[int, list[tuple[str, bytes]]] = {1: [], 2: []}
     for name, png in digit_images(32, per_class=6):
@@ -304,4 +304,30 @@ def test_event_streams_end_after_their_lifetime_and_beyond_the_cap_get_429(stack
         finally:
             api.post(f"/jobs/{job_id}/cancel")
             watcher.join(30)
+        assert wait_ended(api, job_id)["status"] == "cancelled"
+
+
+@pytest.mark.timeout(180)
+def test_a_stream_the_trainer_refuses_for_its_watcher_limit_is_a_429_not_an_event(stack: Stack) -> None:
+    """The trainer takes 2 watchers here; the gateway would take 10: the third stream gets the trainer's
+    refusal as an HTTP 429 with a JSON body before any event-stream header is sent."""
+    with (
+        stack.gateway(events_max_streams=10) as live,
+        httpx.Client(base_url=live.url, timeout=60) as api,
+    ):
+        job_id = post_job(api, stack, epochs="1000", model_name=f"long-{uuid.uuid4().hex[:6]}").json()[
+            "job_id"
+        ]
+        try:
+            with (
+                api.stream("GET", f"/jobs/{job_id}/events") as one,
+                api.stream("GET", f"/jobs/{job_id}/events") as two,
+            ):
+                assert (one.status_code, two.status_code) == (200, 200)
+                third = api.get(f"/jobs/{job_id}/events")
+                assert third.status_code == 429, third.text
+                assert third.headers["content-type"].startswith("application/json")
+                assert "retry-after" in third.headers
+        finally:
+            api.post(f"/jobs/{job_id}/cancel")
         assert wait_ended(api, job_id)["status"] == "cancelled"

@@ -26,6 +26,7 @@ ENDED = (trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_
 EVENT_ID_PATTERN = r"^[0-9]{0,18}$"
 KEEPALIVE_S = 15.0
 RECONNECT_MS = 2000  # the `retry:` an EventSource waits before reconnecting
+FIRST_EVENT_WAIT_S = 1.0  # how long a running job's stream may take to start before the headers go out
 
 
 class EventRelay:
@@ -42,14 +43,18 @@ class EventRelay:
             self._next = asyncio.ensure_future(self._call.read())
         return self._next
 
-    async def nothing_left(self) -> bool:
-        """For a job that has ended: whether the trainer has no event left to send (the stream is at its
-        end). gRPC errors (unknown job...) propagate as the HTTP error."""
+    async def at_end(self, wait_s: float | None) -> bool:
+        """Whether the trainer's stream is already over (a job that has ended, nothing after Last-Event-ID),
+        waiting up to ``wait_s`` (None: until it answers) for its first message. A refusal in that time (an
+        unknown job, the trainer at its limit of watchers) raises the HTTP error, not an error event."""
+        first = self._read()
+        done, _ = await asyncio.wait({first}, timeout=wait_s)
+        if not done:
+            return False
         try:
-            event = await asyncio.shield(self._read())
+            return first.result() is grpc.aio.EOF  # type: ignore[attr-defined]
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, "trainer", self._retry_after_s) from exc
-        return event is grpc.aio.EOF  # type: ignore[attr-defined]
 
     async def stream(self) -> AsyncIterator[bytes]:
         yield f"retry: {RECONNECT_MS}\n\n".encode()

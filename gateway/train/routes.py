@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from gateway.backends import BackendsDep
 from gateway.errors import ApiError, from_rpc_error
 from gateway.responses import ModelRef, error_responses
-from gateway.train.events import ENDED, EVENT_ID_PATTERN, EventRelay, HeldStream
+from gateway.train.events import ENDED, EVENT_ID_PATTERN, FIRST_EVENT_WAIT_S, EventRelay, HeldStream
 from gateway.train.form import (
     DEFAULT_MODEL_NAME,
     FILES_FIELD_PATTERN,
@@ -234,7 +234,7 @@ async def job_events(
         backends.event_streams.give_back()
 
     try:
-        if job.state in ENDED and await events.nothing_left():
+        if await events.at_end(None if job.state in ENDED else FIRST_EVENT_WAIT_S):
             release()
             return Response(status_code=204)
     except BaseException:
