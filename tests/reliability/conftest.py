@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import publish_random_model
 from tests.reliability.mesh import VisionRun
+from tests.reliability.traffic import GATEWAY_TIMEOUT_S
 from vision.models.store import ModelStore
 
 CLASSIFIER = "smallcnn"
@@ -33,6 +34,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VisionRun]:
         VISION_EXPLAIN_DEFAULT_MODEL=CLASSIFIER,
         VISION_DETECTOR_DEFAULT_MODEL=DETECTOR,
         VISION_LOG_LEVEL="WARNING",
+        # A hang shows within seconds, not after the default 30 s (tests/reliability/traffic.py).
+        VISION_GATEWAY_TIMEOUT_S=str(GATEWAY_TIMEOUT_S),
     )
     with run:
         run.wait_healthy(180)

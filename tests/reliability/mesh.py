@@ -4,6 +4,7 @@ children found through /proc, and the whole process group killed when it ends.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -142,7 +143,7 @@ class VisionRun:
         assert wait_until(healthy, timeout_s, 0.5), "the system did not come up:\n" + self.tail()
 
     def interrupt(self, timeout_s: float = 60.0) -> int:
-        """Ctrl-C: SIGINT to the launcher only (as the terminal would, minus the children); its exit status."""
+        """Ctrl-C: SIGINT to the launcher only (as a terminal would, minus the children); its exit status."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGINT)
         status = self.proc.wait(timeout=timeout_s)
@@ -154,14 +155,10 @@ class VisionRun:
         """Kill the launcher's whole process group (children included); for finally blocks."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -171,7 +168,7 @@ class VisionRun:
     def __exit__(self, *exc: object) -> None:
         self.kill_all()
 
-    # -- looking inside ---------------------------------------------------------------------------------------
+    # -- looking inside -------------------------------------------------------------------------------------
     def child_pid(self, service: str) -> int | None:
         """The pid of the running ``python -m <service module>`` child of the launcher."""
         assert self.proc is not None
