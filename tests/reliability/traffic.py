@@ -43,9 +43,9 @@ def jpeg(size: int = 320, seed_photo: bytes | None = None) -> bytes:
 
 def huge_png(width: int = 7000, height: int = 5700) -> bytes:
     """A PNG declaring ``width`` x ``height`` pixels (39.9 MP, just under the 40 MP limit) that compresses
-    to ~100 KiB: uniform grey with a small noisy patch, so it is a real picture and not one flat colour."""
+    to ~160 KiB: uniform grey with a small noisy patch, so it is a real picture and not one flat colour."""
     image = Image.new("RGB", (width, height), (128, 128, 128))
-    patch = Image.effect_noise((256, 256), 64).convert("RGB")
+    patch = Image.effect_noise((96, 96), 64).convert("RGB")
     image.paste(patch, (width // 2, height // 2))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=9)
@@ -106,6 +106,19 @@ class Answer:
     seconds: float
 
 
+def answer_of(client: httpx.Client, send: Send) -> Answer:
+    """Send one request; its fate."""
+    started = time.monotonic()
+    status: int | str
+    try:
+        status = send(client).status_code
+    except httpx.TimeoutException:
+        status = "timeout"
+    except httpx.HTTPError as exc:
+        status = type(exc).__name__
+    return Answer(status, started, time.monotonic() - started)
+
+
 @dataclass
 class Senders:
     """``threads`` client threads, each sending ``send`` again and again (``pause_s`` apart) until stopped,
@@ -139,15 +152,7 @@ class Senders:
                 self._stop.wait(self.pause_s)
 
     def record(self, client: httpx.Client, send: Send) -> Answer:
-        started = time.monotonic()
-        status: int | str
-        try:
-            status = send(client).status_code
-        except httpx.TimeoutException:
-            status = "timeout"
-        except httpx.HTTPError as exc:
-            status = type(exc).__name__
-        answer = Answer(status, started, time.monotonic() - started)
+        answer = answer_of(client, send)
         with self._lock:
             self.answers.append(answer)
         return answer
