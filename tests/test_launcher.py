@@ -37,7 +37,7 @@ def _supervisor(**settings: float) -> tuple[Supervisor, Child, list[float]]:
 def test_a_child_that_keeps_exiting_is_restarted_after_1_2_4_8_16_30_30_seconds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    supervisor, child, starts = _supervisor()
+    supervisor, child, _starts = _supervisor()
     child.start()
     now, delays = 1000.0, []
     for _ in range(7):
