@@ -58,10 +58,30 @@ ERRORS = error_responses(
 # Each event's ``data:`` line is one JSON object; the models are added to the components in `gateway.main`.
 EVENT_MODELS = (JobEvent, ProgressEvent)
 EVENT_STREAM_SCHEMA = {
-    "type": "string",
-    "description": "Server-Sent Events: `event: state | message` with a JobEvent as `data:`, "
-    "`event: progress | epoch` with a ProgressEvent",
-    "contentSchema": {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS]},
+    "type": "object",
+    "description": "One Server-Sent Event (the stream is text/event-stream): `event: state | message` with a "
+    "JobEvent as `data:`, `event: progress | epoch` with a ProgressEvent, `event: error` with {message} when "
+    "the trainer went away (the client reconnects); `id` resumes with Last-Event-ID",
+    "properties": {
+        "event": {"type": "string", "enum": ["state", "message", "progress", "epoch", "error"]},
+        "id": {"type": "string", "pattern": EVENT_ID_PATTERN},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    *({"$ref": f"#/components/schemas/{m.__name__}"} for m in EVENT_MODELS),
+                    {
+                        "type": "object",
+                        "properties": {"message": {"type": "string"}},
+                        "required": ["message"],
+                    },
+                ]
+            },
+        },
+    },
+    "required": ["event", "data"],
 }
 
 
