@@ -161,10 +161,11 @@ def test_openapi_enums_are_the_choices_of_vision_choices(openapi: dict) -> None:
 
 def test_openapi_describes_the_data_of_each_training_event(openapi: dict) -> None:  # type: ignore[type-arg]
     stream = openapi["paths"]["/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
-    refs = [
-        one["$ref"].rsplit("/", 1)[1]
-        for one in stream["text/event-stream"]["schema"]["contentSchema"]["oneOf"]
-    ]
+    event = stream["text/event-stream"]["schema"]  # one event: {event, id, retry, data}
+    assert set(event["properties"]["event"]["enum"]) == {"state", "message", "progress", "epoch", "error"}
+    data = event["properties"]["data"]
+    assert data["contentMediaType"] == "application/json"
+    refs = [one["$ref"].rsplit("/", 1)[1] for one in data["contentSchema"]["anyOf"] if "$ref" in one]
     assert refs == ["JobEvent", "ProgressEvent"]
     progress = openapi["components"]["schemas"]["ProgressEvent"]["properties"]
     assert {"job_id", "kind", "status", "epoch", "fraction", "val_accuracy", "eta_seconds"} <= progress.keys()
