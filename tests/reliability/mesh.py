@@ -57,15 +57,20 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` (VmRSS), 0 when it is gone."""
+def status_bytes(pid: int, key: str) -> int:
+    """A memory figure of ``pid`` from /proc/<pid>/status (``VmRSS``, ``VmHWM`` ...) in bytes, 0 when gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` (VmRSS), 0 when it is gone."""
+    return status_bytes(pid, "VmRSS")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:

@@ -12,13 +12,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 from PIL import Image
 
-from tests.reliability.mesh import rss_bytes
+from tests.reliability.mesh import rss_bytes, status_bytes
 from tests.support.digits import digit_images
 from tests.test_gateway_train import form, multipart
 
@@ -178,13 +177,7 @@ def latency_figures(seconds: list[float]) -> dict[str, float]:
 
 def vm_hwm_bytes(pid: int) -> int:
     """Peak resident memory of ``pid`` since it started (VmHWM), 0 when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return status_bytes(pid, "VmHWM")
 
 
 class PeakRss:
