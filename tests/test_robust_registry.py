@@ -80,6 +80,25 @@ def test_only_the_default_model_is_loaded_at_start(store: ModelStore) -> None:
     assert configured.loads == [("dogs", "1")]
 
 
+def test_requests_naming_no_model_read_no_metadata_however_many_models_are_stored(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(30):
+        publish(store, f"m{index:02d}", created_at=f"2026-01-01T00:00:{index:02d}Z")
+    reg = registry(store, Loader())
+    reg.refresh()
+    reads: list[tuple[str, str]] = []
+    real_get = store.get
+
+    def counting_get(name: str, version: str | None = None) -> ModelVersion:
+        reads.append((name, version or ""))
+        return real_get(name, version)
+
+    monkeypatch.setattr(store, "get", counting_get)  # counts the real store's reads, changes nothing
+    assert {reg.get()[0] for _ in range(100)} == {"m29"}  # the newest, as of the last poll
+    assert reads == []
+
+
 def test_other_models_load_on_their_first_request_once(store: ModelStore) -> None:
     publish(store, "resnet18")
     publish(store, "cats")

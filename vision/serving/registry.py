@@ -323,7 +323,9 @@ class ModelRegistry(Generic[M]):
             return name
         if self._default:
             return self._default
-        default = self._default_from(self._task_snapshot())
+        if self._default_name:  # as of the last poll: no store reads per request (O(models) files each)
+            return self._default_name
+        default = self._default_from(self._task_snapshot())  # the store was empty at the last poll
         if not default:
             raise NoModelAvailable(self._empty_message)
         return default
