@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from fastapi import File
 
 from gateway.errors import ApiError
 
@@ -36,3 +39,8 @@ def parse_int32(field: str, text: str) -> int:
     if len(text.lstrip("+-")) > 10:  # never int() a thousand-digit string (CPU) only to refuse it
         raise bad_value(field, f"is out of range: {text[:20]}{'...' if len(text) > 20 else ''}")
     return int32(field, int(text))
+
+
+def image_file() -> Any:
+    """The ``file`` form field of the image routes: documented as non-empty, as the services require."""
+    return File(description="JPEG, PNG, WebP or BMP image", json_schema_extra={"minLength": 1})

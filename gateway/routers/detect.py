@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Form, UploadFile
 
 from gateway.backends import BackendsDep
 from gateway.responses import DetectResponse, error_responses
-from gateway.values import INT32, int32, looks_like_integer, parse_int32
+from gateway.values import INT32, image_file, int32, looks_like_integer, parse_int32
 from vision.v1 import common_pb2, detector_pb2
 
 router = APIRouter(tags=["detect"])
@@ -75,7 +75,7 @@ def build_request(
 )
 async def detect(
     backends: BackendsDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
+    file: Annotated[UploadFile, image_file()],
     conf: Annotated[
         float | None, Form(ge=0.0, le=1.0, description="Confidence threshold in [0, 1]; default 0.25")
     ] = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Form, UploadFile
 
 from gateway.backends import BackendsDep
 from gateway.errors import invalid_argument
@@ -20,7 +20,7 @@ from gateway.responses import (
     error_responses,
     png_data_uri,
 )
-from gateway.values import looks_like_integer, parse_int32
+from gateway.values import image_file, looks_like_integer, parse_int32
 from vision.choices import CAM_METHODS, COLORMAPS, Choices
 from vision.errors import InvalidArgument
 from vision.v1 import common_pb2, explainer_pb2
@@ -91,7 +91,7 @@ async def explain_upload(
 )
 async def explain(
     backends: BackendsDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
+    file: Annotated[UploadFile, image_file()],
     method: Annotated[
         str, Form(description="The CAM method", json_schema_extra={"enum": list(CAM_METHODS.names)})
     ] = CAM_METHODS.default,
@@ -140,7 +140,7 @@ async def explain(
 )
 async def predict_gradcam(
     backends: BackendsDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
+    file: Annotated[UploadFile, image_file()],
     model: Annotated[str, Form(description="Model name; empty: the default model")] = "",
     version: Annotated[str, Form(description="Model version; empty: the newest")] = "",
 ) -> GradcamResponse:

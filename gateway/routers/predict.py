@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Form, UploadFile
 
 from gateway.backends import BackendsDep
 from gateway.responses import ModelRef, Prediction, PredictResponse, RankedClass, Timing, error_responses
+from gateway.values import image_file
 from vision.v1 import classifier_pb2, common_pb2
 
 router = APIRouter(tags=["classify"])
@@ -26,7 +27,7 @@ ERRORS = error_responses(
 @router.post("/predict", summary="Classify an image", response_model=PredictResponse, responses=ERRORS)
 async def predict(
     backends: BackendsDep,
-    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
+    file: Annotated[UploadFile, image_file()],
     model: Annotated[str, Form(description="Model name; empty: the default model")] = "",
     version: Annotated[str, Form(description="Model version; empty: the newest")] = "",
     top_k: Annotated[int, Form(ge=1, le=100, description="How many classes in top5")] = 5,
