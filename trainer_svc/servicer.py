@@ -20,7 +20,7 @@ from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import check_min_per_class, load_image_folder
 from trainer_svc.training.publishing import ensure_imagenet, read_report
 from vision.errors import Cancelled, InvalidArgument, Overloaded, StorageFull
-from vision.settings import MAX_JOBS_PAGE_SIZE
+from vision.settings import MAX_JOBS_PAGE_SIZE, MAX_PAGE_TOKEN_DIGITS
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,20 @@ class StreamSlots:
             yield
         finally:
             self._free.release()
+
+
+def page_start(token: str) -> int:
+    """The job seq a ListJobs ``page_token`` starts before (0: from the newest). A token is the
+    ``next_page_token`` of an earlier page: ASCII digits, at most `MAX_PAGE_TOKEN_DIGITS` (any such number
+    is a valid database key); anything else is `InvalidArgument`, never a failed query."""
+    if not token:
+        return 0
+    if len(token) > MAX_PAGE_TOKEN_DIGITS or not (token.isascii() and token.isdigit()):
+        raise InvalidArgument(
+            f"page_token must be the next_page_token of an earlier page (at most {MAX_PAGE_TOKEN_DIGITS} "
+            "digits); leave it empty for the first page"
+        )
+    return int(token)
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
@@ -152,10 +166,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {request.page_size}")
-        token = request.page_token
-        if token and not token.isdigit():
-            raise InvalidArgument("page_token is not one this service gave out")
-        rows = self._manager.db.page(size, int(token or 0))
+        rows = self._manager.db.page(size, page_start(request.page_token))
         next_token = str(rows[-1].seq) if len(rows) == size and rows[-1].seq > 1 else ""
         return trainer_pb2.ListJobsResponse(
             jobs=[convert.job_proto(row) for row in rows], next_page_token=next_token

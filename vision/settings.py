@@ -37,6 +37,8 @@ DEFAULT_MAX_CLASSES = 1000
 MAX_LABEL_CHARS = 100
 # Most jobs in one page of trainer_svc's ListJobs (and the gateway's GET /jobs).
 MAX_JOBS_PAGE_SIZE = 500
+# Longest ListJobs page_token (ASCII digits: a job's seq); 18 digits always fit SQLite's 64-bit integers.
+MAX_PAGE_TOKEN_DIGITS = 18
 
 # The limits of one uploaded training dataset. The gateway enforces them while POST /train streams in and
 # trainer_svc when it stores the upload: both read these same variables, so the two cannot disagree.
