@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.auth.context import caller_metadata
 from gateway.config import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
 from gateway.slots import Slots
@@ -81,9 +82,10 @@ class Backends:
         return self.channels[service]
 
     async def call(self, service: str, method: Callable[..., Awaitable[Reply]], request: Message) -> Reply:
-        """Call ``method`` with the configured deadline; gRPC failures become the matching HTTP error."""
+        """Call ``method`` with the configured deadline and the caller's principal in the metadata; gRPC
+        failures become the matching HTTP error."""
         try:
-            return await method(request, timeout=self.settings.timeout_s)
+            return await method(request, timeout=self.settings.timeout_s, metadata=caller_metadata())
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, service, self.settings.retry_after_s) from exc
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.responses import ErrorBody, ErrorDetail
-from vision.errors import InvalidArgument, LimitExceeded, StorageFull
+from vision.errors import InvalidArgument, LimitExceeded, QuotaExceeded, StorageFull
 from vision.rpc.status import ERROR_KIND_KEY, kind_name
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 KIND_TO_HTTP: dict[str, tuple[int, str]] = {
     kind_name(LimitExceeded): (413, "payload_too_large"),
     kind_name(StorageFull): (507, "insufficient_storage"),
+    kind_name(QuotaExceeded): (429, "quota_exceeded"),
 }
 GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -35,6 +36,8 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.CANCELLED: 503,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
 }
 
 

@@ -14,6 +14,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 
+from gateway.auth.credentials import Authenticator
+from gateway.auth.middleware import AuthMiddleware
 from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
@@ -21,6 +23,8 @@ from gateway.limits import BodyLimitsMiddleware
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.routers import detect, explain, predict, system
 from gateway.train import routes as train
+from vision.security.roles import QuotaSettings
+from vision.security.settings import AuthSettings
 
 STATIC_DIR = Path(__file__).parent / "static"
 ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -85,8 +89,13 @@ def _add_links(schema: dict[str, Any]) -> None:
             links[operation_id] = {"operationId": operation_id, "parameters": dict(parameters)}
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings | None = None,
+    auth: AuthSettings | None = None,
+    quotas: QuotaSettings | None = None,
+) -> FastAPI:
     settings = settings or GatewaySettings()
+    authenticator = Authenticator(auth or AuthSettings(), quotas or QuotaSettings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -125,6 +134,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         path_limits={train.TRAIN_PATH: settings.max_train_body_bytes},
         idle_timeout_s=settings.body_idle_timeout_s,
     )
+    # Outside the body limits (credentials are checked before any byte of the body is read), inside the
+    # metrics (refusals are counted) and CORS (refusals carry CORS headers; preflights pass).
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -46,6 +46,8 @@ INTENDED: dict[type[errors.VisionError], grpc.StatusCode] = {
     errors.StorageFull: Code.RESOURCE_EXHAUSTED,
     errors.NotReady: Code.UNAVAILABLE,
     errors.Cancelled: Code.CANCELLED,
+    errors.PermissionDenied: Code.PERMISSION_DENIED,
+    errors.QuotaExceeded: Code.RESOURCE_EXHAUSTED,
     errors.InvalidImage: Code.INVALID_ARGUMENT,
     errors.UnsupportedImageFormat: Code.INVALID_ARGUMENT,
     errors.ImageTooLarge: Code.INVALID_ARGUMENT,
@@ -80,6 +82,7 @@ def test_each_kind_maps_to_its_status(kind: type[errors.VisionError]) -> None:
         (errors.ModelLoadFailed("x"), "not_ready"),
         (errors.StorageFull("x"), "storage_full"),
         (errors.Overloaded("x"), "overloaded"),
+        (errors.QuotaExceeded("x"), "quota_exceeded"),
         (errors.VisionError("x"), "vision_error"),
     ],
 )

@@ -143,6 +143,7 @@ def job_proto(row: JobRow) -> trainer_pb2.Job:
         total_epochs=row.total_epochs,
         error=row.error,
         class_counts=row.class_counts,
+        owner=row.owner,
     )
     if row.result is not None:
         job.result.CopyFrom(result_proto(row.result))

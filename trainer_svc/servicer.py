@@ -12,14 +12,18 @@ from pathlib import Path
 import grpc
 
 from trainer_svc import convert
+from trainer_svc.access import Access, upload_quota_exceeded
 from trainer_svc.config import TrainerSettings
 from trainer_svc.errors import is_disk_full
+from trainer_svc.jobs.database import JobRow
 from trainer_svc.jobs.manager import JobManager
-from trainer_svc.jobs.uploads import UploadWriter
+from trainer_svc.jobs.uploads import UploadTooLarge, UploadWriter
 from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import check_min_per_class, load_image_folder
 from trainer_svc.training.publishing import ensure_imagenet, read_report
 from vision.errors import Cancelled, InvalidArgument, Overloaded, StorageFull
+from vision.security.principal import Principal
+from vision.security.roles import Role
 from vision.settings import MAX_JOBS_PAGE_SIZE, MAX_PAGE_TOKEN_DIGITS
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -78,9 +82,10 @@ def page_start(token: str) -> int:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
-    def __init__(self, manager: JobManager, settings: TrainerSettings) -> None:
+    def __init__(self, manager: JobManager, settings: TrainerSettings, access: Access | None = None) -> None:
         self._manager = manager
         self._settings = settings
+        self._access = access or Access(settings, manager.db, manager.store)
         self._uploads = StreamSlots(
             settings.max_concurrent_uploads, "job uploads", "VISION_TRAINER_MAX_CONCURRENT_UPLOADS"
         )
@@ -105,9 +110,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return {}
 
     def _receive_upload(
-        self, requests: Iterator[trainer_pb2.CreateJobRequest], config: TrainConfig
+        self, requests: Iterator[trainer_pb2.CreateJobRequest], config: TrainConfig, caller: Principal
     ) -> tuple[UploadWriter, dict[str, int]]:
-        writer = self._manager.new_upload(config.class_names)
+        allowance = self._access.upload_allowance(caller)  # None: no daily quota
+        writer = self._manager.new_upload(config.class_names, allowance)
         try:
             for request in requests:
                 if not request.HasField("chunk"):
@@ -120,16 +126,26 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         except grpc.RpcError as exc:  # the client went away (or cancelled) mid-upload
             writer.abort()
             raise UploadCancelled("the upload was cancelled before it finished; nothing was kept") from exc
+        except UploadTooLarge as exc:
+            writer.abort()
+            if allowance is not None and writer.total_bytes > allowance:
+                limit = caller.limits.max_upload_bytes_per_day
+                raise upload_quota_exceeded(caller, limit) from exc
+            raise
         except BaseException:
             writer.abort()
             raise
+        finally:  # what arrived counts, kept or not: a failed upload cannot be retried for free forever
+            self._access.record_upload(caller, writer.total_bytes)
 
     def CreateJob(
         self, request_iterator: Iterator[trainer_pb2.CreateJobRequest], context: grpc.ServicerContext
     ) -> trainer_pb2.Job:
+        caller = self._access.caller(context)
+        Access.require(caller, Role.TRAINER, "creating a training job")
         with self._uploads.hold():  # before the first message: an idle stream holds a thread too
             try:
-                return self._create_job(request_iterator)
+                return self._create_job(request_iterator, caller)
             except OSError as exc:  # what was stored is removed already (UploadWriter.abort)
                 if is_disk_full(exc):
                     log.error("CreateJob: the data volume is full: %s", exc)
@@ -139,26 +155,43 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                     ) from exc
                 raise
 
-    def _create_job(self, request_iterator: Iterator[trainer_pb2.CreateJobRequest]) -> trainer_pb2.Job:
+    def _create_job(
+        self, request_iterator: Iterator[trainer_pb2.CreateJobRequest], caller: Principal
+    ) -> trainer_pb2.Job:
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("the first CreateJob message must be the JobSpec")
         config = convert.job_spec_to_config(first.spec, self._settings)
         spec = convert.spec_to_json(first.spec)
+        # Quotas and the model name first: a refused job uploads nothing.
+        self._access.check_active_jobs(caller)
+        self._access.claim_model_name(caller, config.model_name, claim=False)
         counts = self._check_dataset(config)
+        writer = None
         if config.dataset != "upload":
             if next(request_iterator, None) is not None:
                 raise InvalidArgument(f"a {config.dataset} job takes no uploaded images")
-            return convert.job_proto(self._manager.submit(spec, config, counts, None))
-        writer, counts = self._receive_upload(request_iterator, config)
+        else:
+            writer, counts = self._receive_upload(request_iterator, config, caller)
         try:
-            return convert.job_proto(self._manager.submit(spec, config, counts, writer))
+            self._access.claim_model_name(caller, config.model_name)
+            row = self._manager.submit(
+                spec, config, counts, writer, owner=caller.name, max_active=caller.limits.max_active_jobs
+            )
+            return convert.job_proto(row)
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
 
+    def _visible(self, job_id: str, context: grpc.ServicerContext) -> tuple[Principal, JobRow]:
+        """The caller and the job, if the caller may see it (else NOT_FOUND, as for no such job)."""
+        caller = self._access.caller(context)
+        Access.require(caller, Role.TRAINER, "reading training jobs")
+        return caller, self._access.visible_job(caller, self._manager.db.get(job_id), job_id)
+
     def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
-        return convert.job_proto(self._manager.get(request.job_id))
+        return convert.job_proto(self._visible(request.job_id, context)[1])
 
     def ListJobs(
         self, request: trainer_pb2.ListJobsRequest, context: grpc.ServicerContext
@@ -166,7 +199,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         size = request.page_size or DEFAULT_PAGE_SIZE
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {request.page_size}")
-        rows = self._manager.db.page(size, page_start(request.page_token))
+        caller = self._access.caller(context)
+        Access.require(caller, Role.TRAINER, "listing training jobs")
+        owner = None if caller.is_admin else caller.name  # admins see every job, others their own
+        rows = self._manager.db.page(size, page_start(request.page_token), owner)
         next_token = str(rows[-1].seq) if len(rows) == size and rows[-1].seq > 1 else ""
         return trainer_pb2.ListJobsResponse(
             jobs=[convert.job_proto(row) for row in rows], next_page_token=next_token
@@ -175,6 +211,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def CancelJob(
         self, request: trainer_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.Job:
+        self._visible(request.job_id, context)
         return convert.job_proto(self._manager.cancel(request.job_id))
 
     def WatchJob(
@@ -185,7 +222,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         if request.after_seq < 0:
             raise InvalidArgument(f"after_seq must be 0 or the seq of an event, got {request.after_seq}")
         with self._watchers.hold():
-            self._manager.get(request.job_id)  # JobNotFound before the stream starts
+            self._visible(request.job_id, context)  # JobNotFound before the stream starts
             seq = request.after_seq
             ends = time.monotonic() + self._settings.watch_max_s
             while context.is_active():

@@ -1,5 +1,6 @@
-"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, plus what the installed
-services contribute through entry points (`vision.plugins`): `vision train`, `vision food101`, ..."""
+"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, `vision keys
+create|list|revoke`, plus what the installed services contribute through entry points (`vision.plugins`):
+`vision train`, `vision food101`, ..."""
 
 from __future__ import annotations
 
@@ -67,6 +68,92 @@ def cmd_run(_: argparse.Namespace) -> int:
     return run()
 
 
+def _keys_path(args: argparse.Namespace) -> Path:
+    from vision.security.settings import AuthSettings
+
+    return Path(args.keys_file) if args.keys_file else AuthSettings().keys_path
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from vision.security.keys import create_key
+    from vision.security.roles import Role
+
+    limits = {
+        name: value
+        for name, value in (
+            ("rate", args.rate),
+            ("burst", args.burst),
+            ("max_active_jobs", args.max_active_jobs),
+            ("max_upload_bytes_per_day", args.max_upload_bytes_per_day),
+            ("max_models", args.max_models),
+        )
+        if value is not None
+    }
+    path = _keys_path(args)
+    record, secret = create_key(path, args.name, Role.parse(args.role), limits)
+    own = ", ".join(f"{k}={v}" for k, v in record.limits.items()) or "the role's defaults"
+    print(f"created key {record.name!r} (role {record.role.label}, limits: {own}) in {path}")
+    print("the key is shown once, here; only its hash is stored. Send it as `X-API-Key: <key>`:")
+    print(secret)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from vision.security.keys import read_keys
+
+    path = _keys_path(args)
+    try:
+        keys = read_keys(path)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not keys:
+        print(f"no keys in {path}: `vision keys create --name NAME --role viewer|trainer|admin` adds one")
+        return 0
+    print(f"{'NAME':<24} {'ROLE':<8} {'KEY':<10} {'CREATED':<26} LIMITS")
+    for k in keys:
+        own = ",".join(f"{n}={v}" for n, v in k.limits.items()) or "-"
+        print(f"{k.name:<24} {k.role.label:<8} {k.hint + '...':<10} {k.created_at:<26} {own}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from vision.security.keys import revoke_key
+
+    path = _keys_path(args)
+    record = revoke_key(path, args.name)
+    print(f"revoked key {record.name!r} ({record.role.label}); running gateways refuse it within seconds")
+    return 0
+
+
+def _add_keys_commands(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="manage the gateway's API keys").add_subparsers(
+        dest="keys", required=True
+    )
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--keys-file",
+        help="the key file (default: $VISION_AUTH_KEYS_FILE, else $VISION_DATA_DIR/auth/keys.json)",
+    )
+    create = keys.add_parser(
+        "create", parents=[where], help="make a key; it is printed once, on the last line"
+    )
+    create.add_argument("--name", required=True, help="the key's name (the principal is key:NAME)")
+    create.add_argument("--role", required=True, choices=("viewer", "trainer", "admin"))
+    create.add_argument("--rate", type=float, help="requests per second (default: the role's)")
+    create.add_argument("--burst", type=int, help="requests at once above the rate (default: the role's)")
+    create.add_argument("--max-active-jobs", type=int, help="queued + running training jobs")
+    create.add_argument("--max-upload-bytes-per-day", type=int, help="training upload bytes per UTC day")
+    create.add_argument("--max-models", type=int, help="model names this key may own")
+    create.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", parents=[where], help="list keys (names, roles; no secrets)").set_defaults(
+        func=cmd_keys_list
+    )
+    revoke = keys.add_parser("revoke", parents=[where], help="revoke a key by name")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+
 def _add_models_commands(sub: argparse._SubParsersAction, store_dir: argparse.ArgumentParser) -> None:
     models = sub.add_parser("models", help="manage the model store").add_subparsers(
         dest="models", required=True
@@ -107,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model store directory (default: $VISION_MODEL_DIR or var/models)",
     )
     _add_models_commands(sub, store_dir)
+    _add_keys_commands(sub)
     for plugin in load_group(COMMANDS_GROUP):  # argument definitions only: torch loads when one runs
         plugin.value(sub, store_dir)
     return parser

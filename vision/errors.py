@@ -49,6 +49,14 @@ class Cancelled(VisionError):
     """The caller went away before the work finished; nothing was kept."""
 
 
+class PermissionDenied(VisionError):
+    """The caller is known but may not do this (another principal's model name, a name reserved to admins)."""
+
+
+class QuotaExceeded(VisionError):
+    """The caller has used up a quota of its own (active jobs, upload bytes today, model names)."""
+
+
 # -- specific errors shared by several services ----------------------------------------------------------
 class InvalidImage(InvalidArgument):
     """The bytes are not a complete, decodable image."""

@@ -151,6 +151,7 @@ class Job(JobLinks):
 
     job_id: str
     status: JobStatus
+    owner: str = Field("", description="Who created the job: key:<name>, a JWT subject, or anonymous")
     model_name: str
     arch: str = Field(json_schema_extra={"enum": list(ARCHITECTURES.names)})
     dataset: str | None = Field(description="upload | image_folder | food101")
@@ -177,6 +178,7 @@ class Job(JobLinks):
         return {
             "job_id": job.id,
             "status": STATUS.get(job.state, "unknown"),
+            "owner": job.owner,
             "model_name": spec.model_name,
             "arch": ARCHITECTURES.from_enum(spec.architecture),
             "dataset": spec.WhichOneof("dataset"),

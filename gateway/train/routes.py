@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import grpc
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from gateway.auth.context import caller_metadata
 from gateway.backends import BackendsDep
 from gateway.errors import ApiError, from_rpc_error
 from gateway.responses import ModelRef, error_responses
@@ -246,7 +247,9 @@ async def job_events(
     job = await backends.call("trainer", backends.trainer.GetJob, trainer_pb2.GetJobRequest(job_id=job_id))
     after = int(last_event_id or 0)
     backends.event_streams.take()  # 429 beyond VISION_GATEWAY_EVENTS_MAX_STREAMS
-    call = backends.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id, after_seq=after))
+    call = backends.trainer.WatchJob(
+        trainer_pb2.WatchJobRequest(job_id=job_id, after_seq=after), metadata=caller_metadata()
+    )
     events = EventRelay(call, settings.events_max_s, settings.retry_after_s)
 
     def release() -> None:

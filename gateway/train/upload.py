@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import grpc
 
+from gateway.auth.context import caller_metadata
 from gateway.errors import from_rpc_error
 from gateway.train.form import CHUNK_BYTES, TrainForm
 from gateway.train.multipart import FieldLimits, parse_multipart
@@ -106,7 +107,9 @@ class CreateJobCall:
         if self._outbox is None or self._finished is None:
             self._outbox = Outbox()
             stub = trainer_pb2_grpc.TrainerStub(self._channel)
-            self.call = stub.CreateJob.future(self._outbox.messages(), timeout=self._timeout_s)
+            self.call = stub.CreateJob.future(
+                self._outbox.messages(), timeout=self._timeout_s, metadata=caller_metadata()
+            )
             self._finished = _on_done(self.call)
         return await self._outbox.put(message, self._finished)
 

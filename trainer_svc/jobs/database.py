@@ -27,7 +27,7 @@ from trainer_svc.training.evaluation import Evaluation
 from trainer_svc.training.events import TrainEvent
 
 DB_FILE = "jobs.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.owner and the uploads table (version 1 databases are upgraded in place)
 
 
 class JobState(StrEnum):
@@ -89,6 +89,7 @@ class JobRow:
     progress: JobEvent | None  # the newest progress or epoch event
     attempts: int
     cancel_requested: bool
+    owner: str = ""  # the principal that created the job ('' before ownership was recorded)
 
     @property
     def terminal(self) -> bool:
@@ -112,9 +113,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     progress TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs (seq);
+CREATE TABLE IF NOT EXISTS uploads (
+    owner TEXT NOT NULL,
+    day TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (owner, day)
+);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -127,7 +135,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 _COLUMNS = (
     "id, seq, state, spec, config, created_at, started_at, finished_at, epoch, total_epochs, error, "
-    "class_counts, result, progress, attempts, cancel_requested"
+    "class_counts, result, progress, attempts, cancel_requested, owner"
 )
 
 
@@ -159,7 +167,7 @@ def _result_from_json(text: str) -> JobResult:
 
 def _row(values: tuple[Any, ...]) -> JobRow:
     (job_id, seq, state, spec, config, created, started, finished, epoch, total, error, counts, result,
-     progress, attempts, cancel) = values  # fmt: skip
+     progress, attempts, cancel, owner) = values  # fmt: skip
     return JobRow(
         id=job_id,
         seq=seq,
@@ -177,6 +185,7 @@ def _row(values: tuple[Any, ...]) -> JobRow:
         progress=event_from_json(progress) if progress else None,
         attempts=attempts,
         cancel_requested=bool(cancel),
+        owner=owner,
     )
 
 
@@ -187,12 +196,15 @@ class JobDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             self._conn.close()
             raise RuntimeError(
                 f"{path} has job database format {version}; this trainer reads {SCHEMA_VERSION}"
             )
+        if version == 1:
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         self._conn.executescript(_SCHEMA)
+        self._conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)")
         self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._lock = threading.Lock()
 
@@ -206,16 +218,26 @@ class JobDB:
             return [_row(values) for values in cursor.fetchall()]
 
     def insert(
-        self, job_id: str, spec: dict[str, Any], config: TrainConfig, class_counts: dict[str, int]
-    ) -> None:
-        """A new QUEUED job, with its first STATE event."""
+        self,
+        job_id: str,
+        spec: dict[str, Any],
+        config: TrainConfig,
+        class_counts: dict[str, int],
+        *,
+        owner: str = "",
+        max_active: int = 0,
+    ) -> bool:
+        """A new QUEUED job, with its first STATE event; False (nothing inserted) when ``owner`` already
+        has ``max_active`` unfinished jobs (0: no limit), checked in the same transaction."""
         now = time.time()
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            if max_active and self._count_active(owner) >= max_active:
+                return False
             seq = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._conn.execute(
-                "INSERT INTO jobs (id, seq, state, spec, config, created_at, total_epochs, class_counts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, seq, state, spec, config, created_at, total_epochs, class_counts, "
+                "owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     seq,
@@ -225,19 +247,58 @@ class JobDB:
                     now,
                     config.epochs,
                     json.dumps(class_counts),
+                    owner,
                 ),
             )
             self._add_event(job_id, _state_event(JobState.QUEUED, config.epochs, "queued"))
+            return True
+
+    def _count_active(self, owner: str) -> int:
+        marks = ",".join("?" * len(UNFINISHED))
+        return int(
+            self._conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ({marks})",
+                (owner, *(s.value for s in UNFINISHED)),
+            ).fetchone()[0]
+        )
+
+    def count_active(self, owner: str) -> int:
+        """Queued, running and publishing jobs of ``owner``."""
+        with self._lock:
+            return self._count_active(owner)
+
+    def uploaded_bytes(self, owner: str, day: str) -> int:
+        """Bytes ``owner`` uploaded on ``day`` (``YYYY-MM-DD``, UTC)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT bytes FROM uploads WHERE owner = ? AND day = ?", (owner, day)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def add_uploaded_bytes(self, owner: str, day: str, count: int) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO uploads (owner, day, bytes) VALUES (?, ?, ?) "
+                "ON CONFLICT (owner, day) DO UPDATE SET bytes = bytes + excluded.bytes",
+                (owner, day, count),
+            )
 
     def get(self, job_id: str) -> JobRow | None:
         rows = self._rows("WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
-    def page(self, limit: int, before_seq: int = 0) -> list[JobRow]:
-        """Newest first, ``limit`` jobs created before ``before_seq`` (0: from the newest)."""
+    def page(self, limit: int, before_seq: int = 0, owner: str | None = None) -> list[JobRow]:
+        """Newest first, ``limit`` jobs created before ``before_seq`` (0: from the newest), only those of
+        ``owner`` unless it is None."""
+        where, args = [], []
         if before_seq:
-            return self._rows("WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before_seq, limit))
-        return self._rows("ORDER BY seq DESC LIMIT ?", (limit,))
+            where.append("seq < ?")
+            args.append(before_seq)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._rows(f"{clause}ORDER BY seq DESC LIMIT ?", (*args, limit))
 
     def unfinished(self) -> list[JobRow]:
         marks = ",".join("?" * len(UNFINISHED))

@@ -27,7 +27,7 @@ from trainer_svc.jobs.supervisor import WorkerHandle, describe_exit, worker_args
 from trainer_svc.jobs.uploads import UploadLimits, UploadWriter
 from trainer_svc.jobs.worker import DATASET_DIR
 from trainer_svc.training.config import TrainConfig
-from vision.errors import Conflict, NotFound
+from vision.errors import Conflict, NotFound, QuotaExceeded
 from vision.models.devices import resolve_device
 from vision.models.store import ModelStore
 
@@ -42,6 +42,16 @@ class JobNotFound(NotFound):
 
 class JobConflict(Conflict):
     """The job has already ended."""
+
+
+class ActiveJobsLimit(QuotaExceeded):
+    """The owner has as many unfinished jobs as its quota allows."""
+
+    @classmethod
+    def of(cls, owner: str, limit: int) -> ActiveJobsLimit:
+        return cls(
+            f"{owner} has {limit} queued or running jobs, its limit: wait for one to end or cancel one"
+        )
 
 
 class JobPublishing(JobConflict):
@@ -124,10 +134,14 @@ class JobManager:
         self._lock_file.close()
 
     # -- requests ----------------------------------------------------------------------------------------
-    def new_upload(self, class_names: list[str]) -> UploadWriter:
-        limits = UploadLimits(
-            self.settings.max_upload_files, self.settings.max_upload_bytes, self.settings.image_limits
+    def new_upload(self, class_names: list[str], max_bytes: int | None = None) -> UploadWriter:
+        """A writer for one upload, within the upload limits (and ``max_bytes``, a caller's quota)."""
+        limit = (
+            self.settings.max_upload_bytes
+            if max_bytes is None
+            else min(max_bytes, self.settings.max_upload_bytes)
         )
+        limits = UploadLimits(self.settings.max_upload_files, limit, self.settings.image_limits)
         return UploadWriter(self.uploads_dir, class_names, limits)
 
     def submit(
@@ -136,15 +150,21 @@ class JobManager:
         config: TrainConfig,
         class_counts: dict[str, int],
         upload: UploadWriter | None,
+        *,
+        owner: str = "",
+        max_active: int = 0,
     ) -> JobRow:
-        """Record a QUEUED job (its uploaded images moved under the job first) and wake the scheduler.
+        """Record a QUEUED job of ``owner`` (its uploaded images moved under the job first) and wake the
+        scheduler; `ActiveJobsLimit` when ``owner`` has ``max_active`` unfinished jobs already (0: no limit).
 
         ``spec`` is the request as sent (kept to show it back), ``config`` the validated run it asks for.
         """
         job_id = uuid.uuid4().hex[:16]
         if upload is not None:
             upload.commit(self.jobs_dir / job_id / DATASET_DIR)
-        self.db.insert(job_id, spec, config, class_counts)
+        if not self.db.insert(job_id, spec, config, class_counts, owner=owner, max_active=max_active):
+            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+            raise ActiveJobsLimit.of(owner, max_active)
         with self._cond:
             self._queue.append(job_id)
             self._cond.notify_all()

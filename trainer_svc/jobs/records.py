@@ -97,7 +97,7 @@ class JobRecords:
         name = row.config.model_name
         try:
             version = find_published(self.store, name, row.id) or publish_final(
-                self.store, self.jobs_dir / row.id / FINAL_DIR, name, row.id
+                self.store, self.jobs_dir / row.id / FINAL_DIR, name, row.id, principal=row.owner
             )
             result = JobResult(version.name, version.version, read_report(version).evaluation)
         except Exception as exc:

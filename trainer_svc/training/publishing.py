@@ -147,12 +147,17 @@ def find_published(store: ModelStore, name: str, job_id: str) -> ModelVersion | 
     return None
 
 
-def publish_final(store: ModelStore, final: Path, name: str, job_id: str) -> ModelVersion:
-    """Publish ``final`` as the next version of ``name``, unless this job already did (then: that one)."""
+def publish_final(
+    store: ModelStore, final: Path, name: str, job_id: str, *, principal: str = ""
+) -> ModelVersion:
+    """Publish ``final`` as the next version of ``name``, unless this job already did (then: that one).
+    ``principal``, who asked for the job, is recorded in the version's provenance."""
     existing = find_published(store, name, job_id)
     if existing is not None:
         return existing
     metadata = ModelMetadata.from_json((final / METADATA_FILE).read_text())
+    if principal:
+        metadata.provenance["principal"] = principal
 
     def write(tmp: Path) -> dict[str, str]:
         for artifact in ARTIFACTS:

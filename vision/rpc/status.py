@@ -30,6 +30,8 @@ STATUS_BY_ERROR: dict[type[errors.VisionError], grpc.StatusCode] = {
     errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.VisionError: grpc.StatusCode.INTERNAL,
 }
 # Trailing metadata naming the kind of domain error ("limit_exceeded", "storage_full", ...): status codes are

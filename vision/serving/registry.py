@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from vision.errors import ModelLoadFailed, ModelNotFound, NoModelAvailable
+from vision.models.owners import ModelOwners
 from vision.models.store import HOLD_TTL_S, ModelStore, ModelVersion, verify_weights
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class ModelRegistry(Generic[M]):
         empty_message: str = EMPTY_STORE_MESSAGE,
     ) -> None:
         self.store = store
+        self._owners = ModelOwners(store.root)
         self._loader = loader
         self._default = default_model
         self._poll_interval = poll_interval_s
@@ -172,11 +174,14 @@ class ModelRegistry(Generic[M]):
         """The model a request naming none gets, given the store's models of this task ('' if none)."""
         if self._default:
             return self._default
-        if not snapshot:
+        # Only the admins' models (imported, or trained by an admin) become the default unasked: a model a
+        # trainer published never takes over the requests that name no model.
+        admins = {n: v for n, v in snapshot.items() if self._owners.admin_owned(n)}
+        if not admins:
             return ""
-        if self._preferred in snapshot:
+        if self._preferred in admins:
             return self._preferred
-        latest = [self.store.get(n, v) for n, v in snapshot.items()]
+        latest = [self.store.get(n, v) for n, v in admins.items()]
         return max(latest, key=lambda v: v.metadata.created_at).name
 
     def _load_latest(self, name: str, version: str) -> M:
@@ -325,7 +330,14 @@ class ModelRegistry(Generic[M]):
             return self._default
         if self._default_name:  # as of the last poll: no store reads per request (O(models) files each)
             return self._default_name
-        default = self._default_from(self._task_snapshot())  # the store was empty at the last poll
+        snapshot = self._task_snapshot()  # the store was empty at the last poll
+        default = self._default_from(snapshot)
+        if not default and snapshot:
+            raise NoModelAvailable(
+                "no default model: the stored models were all published by trainers, and only an admin's "
+                f"model is the default unasked; name one ({', '.join(sorted(snapshot)[:5])}) or configure a "
+                "default model"
+            )
         if not default:
             raise NoModelAvailable(self._empty_message)
         return default
