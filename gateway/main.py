@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from gateway.auth.credentials import Authenticator
 from gateway.auth.middleware import AuthMiddleware
+from gateway.auth.policy import is_public
 from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
@@ -53,6 +54,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         )
         components.update(events.get("$defs", {}))
         _add_links(schema)
+        _add_security(schema)
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -87,6 +89,31 @@ def _add_links(schema: dict[str, Any]) -> None:
         for target_path, target_method in targets:
             operation_id = paths[target_path][target_method]["operationId"]
             links[operation_id] = {"operationId": operation_id, "parameters": dict(parameters)}
+
+
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "`vision keys create`"},
+    "Bearer": {"type": "http", "scheme": "bearer", "description": "an API key or a JWT from the OIDC issuer"},
+}
+AUTH_RESPONSES = {
+    "401": "No credentials, or credentials that are not valid (with `WWW-Authenticate: Bearer`)",
+    "403": "The caller's role does not allow this (or, for /train, the model name is another's)",
+    "429": "Over the caller's rate limit or a quota (with `Retry-After`)",
+}
+
+
+def _add_security(schema: dict[str, Any]) -> None:
+    """Document the credentials and the refusals of every route that needs them (`gateway.auth.policy`)."""
+    schema["components"]["securitySchemes"] = SECURITY_SCHEMES
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if is_public(method.upper(), path):
+                continue
+            operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+            responses = operation.setdefault("responses", {})
+            for status, description in AUTH_RESPONSES.items():
+                responses.setdefault(status, {"description": description})
+                responses[status].setdefault("content", {"application/json": {"schema": ERROR_BODY_REF}})
 
 
 def create_app(

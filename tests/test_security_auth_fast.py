@@ -252,6 +252,8 @@ BAD_TOKENS = {
     "unknown kid": lambda k: token(k, kid="nope"),
     "no exp": lambda k: token(k, exp=None),
     "no sub": lambda k: token(k, sub=None),
+    "sub posing as an API key": lambda k: token(k, sub="key:alice"),
+    "sub posing as anonymous": lambda k: token(k, sub="anonymous"),
     "garbage": lambda k: "not.a.jwt",
 }
 

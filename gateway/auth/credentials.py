@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 
 from vision.security.keys import KeyRing, looks_like_key
-from vision.security.principal import ANONYMOUS, Principal
+from vision.security.principal import ANONYMOUS, Principal, is_reserved_name
 from vision.security.roles import QuotaSettings, Role
 from vision.security.settings import AuthSettings
 
@@ -161,6 +161,8 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 256:
             raise Unauthenticated("the token's subject (sub) is missing or malformed")
+        if is_reserved_name(subject):  # a JWT must not pass for an API key's, a peer's or anonymous's owner
+            raise Unauthenticated(f"the token's subject {subject!r} has a form reserved to other principals")
         role = Role.highest(claim(claims, s.jwt_role_claim))
         if role is None:
             raise Forbidden(
@@ -175,7 +177,7 @@ class Authenticator:
     def __init__(self, settings: AuthSettings, quotas: QuotaSettings | None = None) -> None:
         self.settings = settings
         self.quotas = quotas or QuotaSettings()
-        self.keys = KeyRing(settings.keys_path, settings.keys_reload_s)
+        self.keys = KeyRing(settings.keys_path, settings.keys_reload_s, warn_missing=settings.required)
         self.jwt = JwtVerifier(settings, self.quotas) if settings.jwt_enabled else None
         self.anonymous = Principal(ANONYMOUS, Role.ADMIN, self.quotas.anonymous())
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vision.errors import Conflict, InvalidArgument, NotFound
+from vision.security.principal import KEY_PRINCIPAL_PREFIX
 from vision.security.roles import LIMIT_FIELDS, Limits, Role
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ApiKey:
 
     @property
     def principal_name(self) -> str:
-        return f"key:{self.name}"
+        return KEY_PRINCIPAL_PREFIX + self.name
 
     def effective_limits(self, role_defaults: Limits) -> Limits:
         return role_defaults.with_overrides(**self.limits)
@@ -203,8 +204,8 @@ class KeyRing:
     """The keys of one file, for lookups on every request: re-read when the file changes (checked at most
     every ``reload_s`` seconds by a stat), kept as they were when a new version cannot be read."""
 
-    def __init__(self, path: Path, reload_s: float = 2.0) -> None:
-        self.path, self.reload_s = path, reload_s
+    def __init__(self, path: Path, reload_s: float = 2.0, *, warn_missing: bool = True) -> None:
+        self.path, self.reload_s, self.warn_missing = path, reload_s, warn_missing
         self._by_hash: dict[str, ApiKey] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
@@ -229,7 +230,7 @@ class KeyRing:
         except (ValueError, OSError) as exc:
             log.error("API keys not reloaded, the previous ones stay in use: %s", exc)
             return
-        if stamp is None:
+        if stamp is None and self.warn_missing and not self._loaded:
             log.warning("no API-key file at %s: `vision keys create` makes one", self.path)
         elif self._loaded:
             log.info("API keys reloaded from %s: %d key(s)", self.path, len(keys))

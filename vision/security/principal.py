@@ -24,6 +24,15 @@ PEER_PREFIX = "peer:"  # an mTLS client not trusted to assert others: named by i
 MAX_NAME_CHARS = 256
 
 
+KEY_PRINCIPAL_PREFIX = "key:"  # an API key's principal: key:<name>
+
+
+def is_reserved_name(name: str) -> bool:
+    """Names only this module gives out: a JWT subject of such a form is refused (it would pass for an API
+    key's, an mTLS peer's, the anonymous or the local principal)."""
+    return name in (ANONYMOUS, LOCAL) or name.startswith((KEY_PRINCIPAL_PREFIX, PEER_PREFIX))
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: ``name`` (an API key's ``key:<name>``, a JWT's ``sub``, ``anonymous`` ...), its role
