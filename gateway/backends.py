@@ -17,6 +17,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
 from gateway.slots import Slots
 from gateway.train.upload import UPLOAD_CHANNEL_OPTIONS
+from vision.security.tls import TlsSettings, open_aio_channel, open_channel
 from vision.v1 import (
     classifier_pb2_grpc,
     detector_pb2_grpc,
@@ -41,19 +42,21 @@ class Backends:
     event_streams: Slots = field(default_factory=lambda: Slots(1, "event streams", 1))
 
     @classmethod
-    def connect(cls, settings: GatewaySettings) -> Backends:
-        """Open a channel to every configured service (lazily connected: a service may start later)."""
+    def connect(cls, settings: GatewaySettings, tls: TlsSettings | None = None) -> Backends:
+        """Open a channel to every configured service (lazily connected: a service may start later).
+
+        With ``tls`` (None: ``VISION_TLS_*`` from the environment) naming a CA or a certificate, every channel
+        uses TLS: services are checked against ``VISION_TLS_CA_FILE`` and the gateway presents
+        ``VISION_TLS_CERT_FILE``/``KEY_FILE`` as its client certificate (see `vision.security.tls`)."""
+        tls = tls if tls is not None else TlsSettings()
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.enable_retries", 1),
         ]
-        channels = {
-            name: grpc.aio.insecure_channel(addr, options=options)
-            for name, addr in settings.backends().items()
-        }
+        channels = {name: open_aio_channel(addr, tls, options) for name, addr in settings.backends().items()}
         upload = (
-            grpc.insecure_channel(settings.trainer_addr, options=UPLOAD_CHANNEL_OPTIONS)
+            open_channel(settings.trainer_addr, tls, UPLOAD_CHANNEL_OPTIONS)
             if settings.trainer_addr
             else None
         )

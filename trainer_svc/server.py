@@ -36,6 +36,7 @@ def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobMan
             max_workers=settings.max_workers,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             health_workers=settings.health_workers,
+            health_port=settings.health_port,
         )
     except BaseException:
         manager.close()
@@ -43,9 +44,10 @@ def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobMan
     manager.start()
     grpc_server.set_serving()
     log.info(
-        "trainer_svc SERVING on %s:%d (data %s, devices %s)",
+        "trainer_svc SERVING on %s:%d (%s; data %s, devices %s)",
         settings.host,
         grpc_server.port,
+        grpc_server.transport,
         manager.data_dir,
         ", ".join(manager.slots),
     )

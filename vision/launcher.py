@@ -10,6 +10,10 @@ out of memory, crashed) is started again after a back-off that begins at 1 s and
 that stayed up for a minute starts again from 1 s. Meanwhile the others keep running (the gateway answers
 503 for a service that is down). Ctrl-C (or SIGTERM) stops all of them gracefully, and nothing is restarted
 once stopping has begun.
+
+Transport security is the children's own (``VISION_TLS_*``, inherited by all of them): the launcher makes no
+gRPC calls, and only checks those settings once before starting anything, so a wrong certificate path is
+one clear message instead of every child failing and being restarted forever.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vision.plugins import SERVICES_GROUP, load_group
+from vision.security.tls import TlsSettings, server_credentials
 
 GATEWAY = "gateway"
 POLL_S = 0.2
@@ -94,6 +99,10 @@ def run() -> int:
     if gateway is None:
         print("[vision] the gateway is not installed: pip install 'vision-mesh[gateway]'", flush=True)
         return 1
+    transport = check_transport_security()
+    if transport is None:
+        return 1
+    print(f"[vision] gRPC between the processes: {transport}", flush=True)
     env = dict(os.environ)
     children: list[Child] = []
     for service in (s for s in services if s is not gateway):
@@ -108,6 +117,20 @@ def run() -> int:
     )
     children.append(Child(gateway, env))
     return Supervisor(children, settings).run()
+
+
+def check_transport_security() -> str | None:
+    """The services' transport ("plaintext", "TLS" or "mutual TLS") as ``VISION_TLS_*`` configure it, or
+    None (the reason printed) when a service could not start with those settings."""
+    try:
+        tls = TlsSettings()
+        server_credentials(tls)
+    except (ValidationError, ValueError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else [{"msg": str(exc)}]
+        for error in errors:
+            print(f"[vision] TLS settings: {error['msg'].removeprefix('Value error, ')}", flush=True)
+        return None
+    return tls.mode
 
 
 class Supervisor:

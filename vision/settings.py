@@ -89,6 +89,13 @@ class ServiceSettings(StoreSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on ('0.0.0.0' or '[::]' in containers).")
     port: int = Field(0, ge=0, le=65535, description="gRPC port (0: any free port).")
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="A second, plaintext port answering grpc.health.v1 alone, for probes that cannot speak "
+        "TLS (Kubernetes' grpc probes); 0: none.",
+    )
     max_workers: int = Field(32, ge=1, description="gRPC handler threads.")
     max_concurrent_rpcs: int = Field(
         0,

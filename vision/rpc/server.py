@@ -7,6 +7,10 @@ traffic while in-flight calls finish within the grace period.
 Health checks run on threads of their own and other calls are admitted up to a limit (`vision.rpc.admission`):
 a server whose handler threads are all busy answers ``Health/Check`` at once and refuses new calls with
 RESOURCE_EXHAUSTED instead of queueing them.
+
+Transport security comes from `vision.security.tls` (``VISION_TLS_*``): plaintext, TLS or mutual TLS on the
+service's port. Kubernetes' native gRPC probes speak no TLS, so a service may also open a plaintext port that
+answers ``grpc.health.v1`` alone, from the same health servicer (``VISION_<SVC>_HEALTH_PORT``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 
@@ -25,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from vision.rpc.admission import AdmissionInterceptor, CountingExecutor
 from vision.rpc.status import ErrorMappingInterceptor
+from vision.security.tls import TlsSettings, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +41,40 @@ class GrpcServer:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    transport: str = "plaintext"  # of ``port``: "plaintext", "TLS" or "mutual TLS"
+    health_server: grpc.Server | None = None  # plaintext, grpc.health.v1 only
+    health_port: int = 0  # 0: no health port
 
     def set_serving(self) -> None:
-        """Report SERVING for the whole server and each of its services."""
+        """Report SERVING for the whole server and each of its services (on the health port too)."""
         for name in ("", *self.service_names):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None) -> threading.Event:
-        """NOT_SERVING at once, refuse new calls, let in-flight ones finish within ``grace`` seconds."""
+        """NOT_SERVING at once, refuse new calls, let in-flight ones finish within ``grace`` seconds.
+
+        The health port keeps answering (NOT_SERVING) until the main server has stopped; the event returned
+        is set when both have."""
         self.health.enter_graceful_shutdown()
-        return self.server.stop(grace)
+        stopped = self.server.stop(grace)
+        if self.health_server is None:
+            return stopped
+        both = threading.Event()
+        health_server = self.health_server
+
+        def stop_health_after_main() -> None:
+            stopped.wait()
+            health_server.stop(None).wait()
+            both.set()
+
+        threading.Thread(target=stop_health_after_main, name="stop-health-port", daemon=True).start()
+        return both
+
+    def wait_for_termination(self) -> None:
+        """Block until the server (and its health port) have stopped."""
+        self.server.wait_for_termination()
+        if self.health_server is not None:
+            self.health_server.wait_for_termination()
 
 
 def create_server(
@@ -55,6 +85,8 @@ def create_server(
     max_workers: int = 32,
     max_concurrent_rpcs: int = 0,
     health_workers: int = 2,
+    tls: TlsSettings | None = None,
+    health_port: int = 0,
 ) -> GrpcServer:
     """Build and start a server on ``address`` ("host:0" picks a free port, returned as ``port``).
 
@@ -62,7 +94,14 @@ def create_server(
     At most ``max_concurrent_rpcs`` calls (0, or more than ``max_workers``: ``max_workers``) run at once,
     streams counted while open; more are refused with RESOURCE_EXHAUSTED. ``Health/Check`` runs on
     ``health_workers`` threads of its own, outside that limit.
+
+    The port speaks what ``tls`` says (None: ``VISION_TLS_*`` from the environment; see
+    `vision.security.tls.server_credentials`). ``health_port`` (0: none) is a second, plaintext port on the
+    same host serving only grpc.health.v1 from the same health servicer, for probes that cannot speak TLS.
+    Bad TLS files and ports that cannot be bound fail here, before anything is served.
     """
+    tls = tls if tls is not None else TlsSettings()
+    credentials = server_credentials(tls)
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -91,11 +130,54 @@ def create_server(
         (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address)
+    port = _bind(server, address, credentials)
+    try:
+        health_server = _health_only_server(address, health_port, health_servicer, health_workers)
+    except BaseException:
+        server.stop(None)
+        raise
+    server.start()
+    if health_server is not None:
+        health_server.start()
+    log.info(
+        "gRPC port %d: %s%s",
+        port,
+        tls.mode,
+        f"; plaintext health checks on port {health_port}" if health_server is not None else "",
+    )
+    return GrpcServer(server, port, health_servicer, names, tls.mode, health_server, health_port)
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        try:
+            port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # gRPC says only "failed to bind", also for a key that fits no cert
+            raise RuntimeError(
+                f"could not listen on {address} with TLS: is it in use, or is VISION_TLS_KEY_FILE not the "
+                "key of VISION_TLS_CERT_FILE?"
+            ) from exc
     if port == 0:
         raise RuntimeError(f"could not listen on {address}")
-    server.start()
-    return GrpcServer(server, port, health_servicer, names)
+    return port
+
+
+def _health_only_server(
+    address: str, port: int, servicer: health.HealthServicer, workers: int
+) -> grpc.Server | None:
+    """A plaintext server on ``port`` of ``address``'s host answering grpc.health.v1 alone (None for 0)."""
+    if port == 0:
+        return None
+    host = address.rpartition(":")[0]
+    server = grpc.server(
+        ThreadPoolExecutor(workers, thread_name_prefix="grpc-health-port"), options=[("grpc.so_reuseport", 0)]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise RuntimeError(f"could not listen on {host}:{port} (health port)")
+    return server
 
 
 def serve_until_signalled(
@@ -113,7 +195,7 @@ def serve_until_signalled(
 
     def drain() -> None:
         time.sleep(shutdown_delay)
-        grpc_server.server.stop(grace)
+        grpc_server.stop(grace)
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if stopping.is_set():
@@ -129,7 +211,7 @@ def serve_until_signalled(
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    grpc_server.server.wait_for_termination()
+    grpc_server.wait_for_termination()
     if on_stop is not None:
         on_stop()
     log.info("stopped")

@@ -60,8 +60,16 @@ def start_model_service(
         max_workers=settings.max_workers,
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
         health_workers=settings.health_workers,
+        health_port=settings.health_port,
     )
-    log.info("%s listening on %s:%d (device %s)", spec.name, settings.host, grpc_server.port, engine.device)
+    log.info(
+        "%s listening on %s:%d (%s, device %s)",
+        spec.name,
+        settings.host,
+        grpc_server.port,
+        grpc_server.transport,
+        engine.device,
+    )
     if before_load is not None:
         before_load()
     engine.start()
