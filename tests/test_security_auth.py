@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import pytest
@@ -30,12 +31,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.config import GatewaySettings
 from gateway.main import create_app
 from tests.conftest import LiveServer, publish_random_model, start_classifier
-from tests.support.trainer import running_trainer, trainer_settings
+from tests.support.digits import digit_images
+from tests.support.trainer import digits_spec, running_trainer, trainer_settings, upload
 from tests.test_gateway_train import form, images, multipart
+from tests.test_security_tls import Pki, client_tls, pki, set_tls_env  # noqa: F401 -- pki: the fixture
+from trainer_svc.server import create_trainer_server
 from vision.models.store import ModelStore
 from vision.security.keys import create_key, revoke_key
+from vision.security.principal import Principal
 from vision.security.roles import QuotaSettings, Role
 from vision.security.settings import AuthSettings
+from vision.security.tls import open_channel
+from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 ISSUER, AUDIENCE = "https://id.example.test", "vision"
 LONG_JOB = {"arch": "smallcnn", "pretrained": "false", "epochs": "1000", "img_size": "32", "batch_size": "4"}
@@ -322,3 +329,41 @@ def test_anonymous_mode_still_has_a_shared_rate_limit_and_job_quota(tmp_path: Pa
             assert 429 in statuses and statuses[0] == 200
             time.sleep(1.1)
             client.post(f"/jobs/{created.json()['job_id']}/cancel")
+
+
+def test_with_mutual_tls_only_the_gateways_certificate_may_assert_a_caller(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pki: Pki,  # noqa: F811 -- the fixture
+) -> None:
+    """Another service with a certificate from the same CA is a principal of its own (``peer:<name>``, a
+    trainer): asserting ``key:alice`` in its metadata neither shows it her jobs nor makes its jobs hers."""
+    set_tls_env(monkeypatch, cert_file=pki.server.cert, key_file=pki.server.key, ca_file=pki.ca)
+    server, manager = create_trainer_server(trainer_settings(tmp_path))
+    alice = Principal("key:alice", Role.TRAINER).metadata()
+    spec = digits_spec(epochs=1000)
+    pictures = list(digit_images(32, per_class=5))
+    target = f"127.0.0.1:{server.port}"
+    try:
+        with open_channel(target, client_tls(pki, pki.gateway)) as gateway_channel:
+            via_gateway = trainer_pb2_grpc.TrainerStub(gateway_channel)
+            job = via_gateway.CreateJob(upload(spec, pictures), metadata=alice, timeout=60)
+            assert job.owner == "key:alice"
+        with open_channel(target, client_tls(pki, pki.other)) as other_channel:
+            other = trainer_pb2_grpc.TrainerStub(other_channel)
+            with pytest.raises(grpc.RpcError) as hidden:
+                other.GetJob(trainer_pb2.GetJobRequest(job_id=job.id), metadata=alice, timeout=10)
+            assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+            listed = other.ListJobs(trainer_pb2.ListJobsRequest(), metadata=alice, timeout=10)
+            assert [j.id for j in listed.jobs] == []
+            own = other.CreateJob(upload(digits_spec(model_name="other-digits", epochs=1000), pictures),
+                                  metadata=alice, timeout=60)  # fmt: skip
+            assert own.owner == "peer:other-service"
+            other.CancelJob(trainer_pb2.CancelJobRequest(job_id=own.id), timeout=10)
+        with open_channel(target, client_tls(pki, pki.gateway)) as gateway_channel:
+            trainer_pb2_grpc.TrainerStub(gateway_channel).CancelJob(
+                trainer_pb2.CancelJobRequest(job_id=job.id), metadata=alice, timeout=10
+            )
+    finally:
+        server.stop(0).wait()
+        manager.close()

@@ -290,7 +290,8 @@ class JobDB:
     def page(self, limit: int, before_seq: int = 0, owner: str | None = None) -> list[JobRow]:
         """Newest first, ``limit`` jobs created before ``before_seq`` (0: from the newest), only those of
         ``owner`` unless it is None."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if before_seq:
             where.append("seq < ?")
             args.append(before_seq)
