@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from gateway.auth.credentials import Authenticator
 from gateway.auth.middleware import AuthMiddleware
+from gateway.auth.origin import OriginCheck
 from gateway.auth.policy import is_public
 from gateway.backends import Backends
 from gateway.config import GatewaySettings
@@ -163,7 +164,9 @@ def create_app(
     )
     # Outside the body limits (credentials are checked before any byte of the body is read), inside the
     # metrics (refusals are counted) and CORS (refusals carry CORS headers; preflights pass).
-    app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    app.add_middleware(
+        AuthMiddleware, authenticator=authenticator, origins=OriginCheck(settings.cors_origins)
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -194,6 +194,15 @@ def test_every_protected_route_is_401_without_or_with_bad_credentials(stack: Sta
             assert anonymous.get(path).status_code == 200
 
 
+def test_a_browser_form_posted_from_another_site_is_refused_even_with_a_key(
+    stack: Stack, bus_jpeg: bytes
+) -> None:
+    with stack.client("viewer", Origin="https://evil.example") as forged:
+        assert_refused(forged.post("/predict", files={"file": ("bus.jpg", bus_jpeg)}), 403, "cross_site")
+    with stack.client("viewer", Origin=stack.url) as same_site:
+        assert same_site.post("/predict", files={"file": ("bus.jpg", bus_jpeg)}).status_code == 200
+
+
 def test_a_viewer_can_classify_but_not_train_or_see_jobs(stack: Stack, bus_jpeg: bytes) -> None:
     with stack.client("viewer") as viewer:
         predicted = viewer.post("/predict", files={"file": ("bus.jpg", bus_jpeg, "image/jpeg")})

@@ -359,3 +359,27 @@ def test_the_first_claim_of_a_name_wins_and_survives_a_new_reader(tmp_path: Path
     assert owner is not None and owner.principal == "key:a" and not again.admin_owned("pets")
     assert again.admin_owned("never-claimed")
     assert again.owned_by("key:a") == ["pets"] and again.owned_by("key:b") == []
+
+
+# -- cross-site forms ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method,headers,refused",
+    [
+        ("POST", {"host": "127.0.0.1:8000"}, False),  # curl, apps, services: no Origin
+        ("POST", {"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"}, False),  # the web page
+        ("POST", {"host": "vision.example.com", "origin": "https://vision.example.com"}, False),  # behind TLS
+        ("POST", {"host": "127.0.0.1:8000", "origin": "https://evil.example"}, True),
+        ("POST", {"host": "127.0.0.1:8000", "origin": "null"}, True),  # sandboxed iframes, file:// pages
+        ("POST", {"host": "127.0.0.1:8000", "origin": "https://app.example.com"}, False),  # allowed by CORS
+        ("GET", {"host": "127.0.0.1:8000", "origin": "https://evil.example"}, False),  # reads: CORS decides
+    ],
+)
+def test_browser_posts_from_other_sites_are_refused(
+    method: str, headers: dict[str, str], refused: bool
+) -> None:
+    from starlette.datastructures import Headers
+
+    from gateway.auth.origin import OriginCheck
+
+    check = OriginCheck(["https://app.example.com"])
+    assert (check.refusal(method, Headers(headers)) is not None) is refused

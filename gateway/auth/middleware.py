@@ -1,7 +1,8 @@
 """Authentication, authorization and rate limiting of every request, before its body is read (pure ASGI:
 a refused upload costs its headers, not its bytes).
 
-Order per request: public route (probes, the web page) → pass; credentials → principal (or 401); anonymous
+Order per request: public route (probes, the web page) → pass; a browser POST from another site → 403
+(`gateway.auth.origin`); credentials → principal (or 401); anonymous
 when none are sent and authentication is not required; the route's role (`policy`) → 403; the principal's
 token bucket → 429 with ``Retry-After``. The principal is then in ``scope["state"]["principal"]`` and in
 `gateway.auth.context` for the calls to the services.
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.context import reset_principal, set_principal
 from gateway.auth.credentials import Authenticator, CredentialsUnavailable, Forbidden, Unauthenticated
+from gateway.auth.origin import OriginCheck
 from gateway.auth.policy import is_public, required_role
 from gateway.auth.ratelimit import RateLimiter, retry_after_header
 from gateway.errors import error_body
@@ -33,10 +35,15 @@ def _refusal(status: int, code: str, message: str, headers: dict[str, str] | Non
 
 class AuthMiddleware:
     def __init__(
-        self, app: ASGIApp, authenticator: Authenticator, limiter: RateLimiter | None = None
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        limiter: RateLimiter | None = None,
+        origins: OriginCheck | None = None,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
+        self.origins = origins or OriginCheck(())
         self.required = authenticator.settings.required
         self.limiter = limiter or RateLimiter()
 
@@ -52,8 +59,13 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
+        headers = Headers(scope=scope)
+        cross_site = self.origins.refusal(method, headers)
+        if cross_site is not None:
+            await _refusal(403, "cross_site", cross_site)(scope, receive, send)
+            return
         try:
-            principal = await self._principal(Headers(scope=scope))
+            principal = await self._principal(headers)
             if principal is None:
                 if self.required:
                     raise Unauthenticated(
