@@ -128,10 +128,13 @@ def grpc_service(
 
 @contextlib.contextmanager
 def gateway_service(env: Mapping[str, str], log_dir: Path) -> Iterator[Service]:
-    """``python -m gateway`` on a free port; ``Service.address`` is its base URL; ready when /health is OK."""
+    """``python -m gateway`` on a free port; ``Service.address`` is its base URL; ready when /health is OK.
+
+    Authentication stays off and the anonymous rate limit is lifted (unless ``env`` sets them): a benchmark
+    measures the gateway's throughput, not its flood protection."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    full_env = {**env, "VISION_GATEWAY_PORT": str(port)}
+    full_env = {"VISION_AUTH_ANONYMOUS_RATE": "0", **env, "VISION_GATEWAY_PORT": str(port)}
     with subprocess_service("gateway", "gateway", full_env, base_url, log_dir, http_healthy(base_url)) as gw:
         yield gw
 
