@@ -11,15 +11,39 @@ export VISION_DATA_DIR ?= $(CURDIR)/var/data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 
-# The registry has no CPU build of torchvision: the regular torch + torchvision wheels (CUDA builds) also run on CPU.
-$(STAMP): $(PY) pyproject.toml
-	$(PIP) install --quiet "torch>=2.8" "torchvision>=0.23"
-	$(PIP) install --quiet -e ".[all,dev]"
+# Everything from the hashed lock (requirements/dev.txt: every extra plus dev, torch as requirements/torch.in pins
+# it: the CUDA build, which runs on CPU as well), then the project itself without resolving anything again.
+# --no-build-isolation: the build backend (setuptools) comes from the lock too, not from an unpinned download.
+$(STAMP): $(PY) pyproject.toml requirements/dev.txt
+	$(PIP) install --quiet --require-hashes -r requirements/dev.txt
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) check # a requirement of pyproject.toml missing from the lock: run `make lock`
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Regenerate the hashed locks in requirements/ from pyproject.toml (+ requirements/torch.in): dev.txt for
+## `make install`, one per image extra (constrained to dev.txt, so every image gets the same versions), and
+## build.txt (the build backend the images make the project's wheel with).
+## Keeps the current pins where pyproject.toml still allows them; `make lock-upgrade` takes the newest.
+## Linux x86_64 / CPython 3.11 (the images' python:3.11-slim-bookworm). For another CUDA flavour of torch, see
+## the README (TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 and a matching requirements/torch.in).
+LOCK_EXTRAS := classifier explain detector trainer gateway
+TORCH_INDEX_URL ?=
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -c requirements/torch.in \
+  $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL) --index-strategy unsafe-best-match)
+.PHONY: lock lock-upgrade
+lock: $(STAMP)
+	$(UV_COMPILE) $(LOCK_FLAGS) --extra all --extra dev -o requirements/dev.txt
+	for extra in $(LOCK_EXTRAS); do \
+	  $(UV_COMPILE) --extra $$extra -c requirements/dev.txt -o requirements/$$extra.txt || exit 1; \
+	done
+	$(subst pyproject.toml,requirements/build.in,$(UV_COMPILE)) -c requirements/dev.txt -o requirements/build.txt
+
+lock-upgrade: LOCK_FLAGS = --upgrade
+lock-upgrade: lock
 
 ## Regenerate vision/v1 from protos/ (the only way the generated code is made).
 proto: $(STAMP)
@@ -70,7 +94,8 @@ k8s-tools:
 ## Render deploy/k8s (both overlays, the Helm chart with each values file), helm lint, validate every object
 ## against the Kubernetes schemas, and the deploy policy tests. `make test` runs the same tests.
 k8s-validate: install k8s-tools
-	$(PY) -m pytest -q tests/test_deploy_render.py tests/test_deploy_policy.py tests/test_deploy_network.py tests/test_deploy_images.py
+	$(PY) -m pytest -q tests/test_deploy_render.py tests/test_deploy_policy.py tests/test_deploy_network.py \
+	  tests/test_deploy_images.py tests/test_deploy_security.py tests/test_dependency_floors.py
 
 ## One image per service, built from the repository root: $(REGISTRY)/vision-<service>:$(TAG).
 images:

@@ -44,6 +44,8 @@ class Service:
     extra: str  # its pyproject extra
     gpu: bool  # scheduled on a GPU in the GPU deployments
     inference: bool  # reads the model store, autoscaled
+    # Settings read from the environment beside its own (un-prefixed VISION_TLS_*, VISION_AUTH_*, ...).
+    more_settings: tuple[str, ...] = ("vision.security.tls:TlsSettings",)
 
     @property
     def env_prefix(self) -> str:
@@ -61,7 +63,19 @@ SERVICES = (
     Service("explain", "explain_svc", "explain_svc.config:ExplainSettings", "explain", True, True),
     Service("detector", "detector_svc", "detector_svc.config:DetectorSettings", "detector", True, True),
     Service("trainer", "trainer_svc", "trainer_svc.config:TrainerSettings", "trainer", True, False),
-    Service("gateway", "gateway", "gateway.config:GatewaySettings", "gateway", False, False),
+    Service(
+        "gateway",
+        "gateway",
+        "gateway.config:GatewaySettings",
+        "gateway",
+        False,
+        False,
+        (
+            "vision.security.tls:TlsSettings",
+            "vision.security.settings:AuthSettings",
+            "vision.security.roles:QuotaSettings",
+        ),
+    ),
 )
 BY_NAME = {s.name: s for s in SERVICES}
 GRPC_SERVICES = tuple(s for s in SERVICES if s.is_grpc)
@@ -80,16 +94,32 @@ def unavailable(reason: str) -> None:
 
 
 # -- the services, from their code ----------------------------------------------------------------------
-def settings_class(service: Service) -> Any:
-    """The service's settings class (every service has one: a missing one fails the test)."""
-    module_name, class_name = service.settings.split(":")
+def _load(reference: str) -> Any:
+    module_name, class_name = reference.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def settings_class(service: Service) -> Any:
+    """The service's settings class (every service has one: a missing one fails the test)."""
+    return _load(service.settings)
+
+
+def more_settings_classes(service: Service) -> list[Any]:
+    """The other settings classes the service's process reads (TLS; the gateway's authentication)."""
+    return [_load(reference) for reference in service.more_settings]
+
+
 def env_names_read_by(service: Service) -> frozenset[str]:
-    """Every environment variable the service's settings read: env_prefix + field name, or the field's
-    validation aliases where it has them (the shared, un-prefixed VISION_* names)."""
-    cls = settings_class(service)
+    """Every environment variable the service's process reads through its settings classes."""
+    names = set(_env_names(settings_class(service)))
+    for cls in more_settings_classes(service):
+        names |= _env_names(cls)
+    return frozenset(names)
+
+
+def _env_names(cls: Any) -> frozenset[str]:
+    """The variables one settings class reads: env_prefix + field name, or the field's validation aliases
+    where it has them (the shared, un-prefixed VISION_* names)."""
     prefix = cls.model_config.get("env_prefix", "")
     names: set[str] = set()
     for field_name, info in cls.model_fields.items():
@@ -175,6 +205,8 @@ class Render:
     network_policies: bool = True
     autoscaling: bool = True
     ingress: bool = False
+    tls: bool = False  # mutual TLS between the services (cert-manager Certificates)
+    jwt: bool = False  # JWT/OIDC at the gateway, beside API keys
 
     def __str__(self) -> str:
         return self.id
@@ -191,9 +223,20 @@ RENDERS = (
     Render(
         "kustomize-gpu-ingress", "kustomize", ("overlays/gpu", "components/ingress"), gpu=True, ingress=True
     ),
+    Render("kustomize-gpu-mtls", "kustomize", ("overlays/gpu", "components/mtls"), gpu=True, tls=True),
+    Render(
+        "kustomize-cpu-all",
+        "kustomize",
+        ("overlays/cpu", "components/ingress", "components/mtls", "components/oidc"),
+        gpu=False,
+        ingress=True,
+        tls=True,
+        jwt=True,
+    ),
     Render("helm-default", "helm", (), gpu=True),
     Render("helm-cpu", "helm", ("values-cpu.yaml",), gpu=False),
-    Render("helm-full", "helm", ("ci/full-values.yaml",), gpu=True, ingress=True),
+    Render("helm-tls", "helm", ("ci/tls-values.yaml",), gpu=True, tls=True),
+    Render("helm-full", "helm", ("ci/full-values.yaml",), gpu=True, ingress=True, tls=True, jwt=True),
     Render(
         "helm-minimal",
         "helm",
@@ -205,7 +248,20 @@ RENDERS = (
         autoscaling=False,
     ),
 )
-HELM_VALUES = ((), ("values-cpu.yaml",), ("ci/full-values.yaml",), ("ci/minimal-values.yaml",))
+RENDER = {r.id: r for r in RENDERS}
+HELM_VALUES = (
+    (),
+    ("values-cpu.yaml",),
+    ("ci/tls-values.yaml",),
+    ("ci/full-values.yaml",),
+    ("ci/minimal-values.yaml",),
+)
+# Kinds that live outside any namespace; every other object must name one (or it lands in whatever
+# namespace kubectl's context has, where the Services it points at do not exist).
+CLUSTER_SCOPED_KINDS = frozenset(
+    ("Namespace", "ClusterIssuer", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
+     "IngressClass", "CustomResourceDefinition", "PriorityClass", "RuntimeClass")
+)  # fmt: skip
 
 
 def _kustomize(render: Render) -> str:
@@ -229,6 +285,14 @@ def _helm(render: Render) -> str:
     for values in render.source:
         args += ["--values", CHART / values]
     return run_tool(args)
+
+
+def helm_objects(*settings: str) -> list[Obj]:
+    """`helm template` of the default values with ``--set`` settings (for one-off variations)."""
+    args: list[str | Path] = [k8s_tools().helm, "template", "vision", CHART, "--namespace", NAMESPACE]
+    for setting in settings:
+        args += ["--set", setting]
+    return [doc for doc in yaml.safe_load_all(run_tool(args)) if doc]
 
 
 @functools.cache

@@ -201,15 +201,25 @@ def installed_by(extra: str) -> set[str]:
     return found
 
 
+def lock_files_installed(service: Service) -> set[str]:
+    """The lock files (requirements/*.txt) the Dockerfile's `pip install -r` commands install from."""
+    return {
+        match
+        for i in dockerfile(service)
+        if i.keyword == "RUN" and "pip install" in i.args
+        for match in re.findall(r"-r\s+(requirements/\S+\.txt)", i.args)
+    }
+
+
 @parametrize_services
-def test_image_installs_only_its_own_service_extra(service: Service) -> None:
-    installs = [
-        i.args for i in dockerfile(service) if i.keyword == "RUN" and re.search(r"pip install \"\.\[", i.args)
-    ]
-    assert len(installs) == 1, installs
-    extras = re.search(r'"\.\[([^\]]+)\]"', installs[0])
-    assert extras is not None and extras.group(1) == service.extra
+def test_image_installs_its_own_extra_from_that_extras_lock(service: Service) -> None:
+    # The lock of the extra, not `pip install ".[extra]"`: no resolution at build time (tests/
+    # test_dependency_floors.py checks each lock holds exactly what its extra asks for, hashed).
+    assert lock_files_installed(service) == {f"requirements/{service.extra}.txt", "requirements/build.txt"}
     assert service.extra in pyproject()["project"]["optional-dependencies"]
+    assert not [
+        i for i in dockerfile(service) if i.keyword == "RUN" and re.search(r"pip install \S*\"?\.", i.args)
+    ]
 
 
 @parametrize_services
@@ -311,14 +321,28 @@ def test_image_listens_on_all_interfaces_and_exposes_the_services_port(service: 
     assert exposed == [default_port(service)]
 
 
+def build_args(service: Service) -> dict[str, str]:
+    return dict(
+        i.args.split("=", 1) for i in dockerfile(service) if i.keyword == "ARG" and "=" in i.args
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("service", GPU_SERVICES, ids=lambda s: s.name)
-def test_gpu_images_take_torch_from_pypi_which_is_the_cuda_build(service: Service) -> None:
+def test_gpu_images_name_the_torch_build_their_lock_pins(service: Service) -> None:
     assert "torch" in requirements_of(service.extra)
-    args = [
-        i.args for i in dockerfile(service) if i.keyword == "ARG" and i.args.startswith("TORCH_INDEX_URL")
-    ]
-    assert args == ['TORCH_INDEX_URL=""'], (
-        "by default no other index: PyPI's Linux wheels are the CUDA builds"
+    lock = (REPO / "requirements" / f"{service.extra}.txt").read_text()
+    pinned = re.search(r"^torch==(\S+)", lock, re.MULTILINE)
+    assert pinned is not None, "torch is not in the lock"
+    args = build_args(service)
+    version, _, flavour = pinned.group(1).partition("+")
+    assert args["TORCH_VERSION"] == version
+    assert re.fullmatch(r"cu\d{3}|cpu", args["TORCH_CUDA"]), args["TORCH_CUDA"]
+    assert flavour in ("", args["TORCH_CUDA"]), "a lock made from another index names its flavour"
+    # By default PyPI (whose Linux wheel is the CUDA build the lock pins): no other index.
+    assert args["TORCH_INDEX_URL"] == '""'
+    # The build checks that the installed torch is the one these arguments name.
+    assert any(
+        '"${TORCH_VERSION}+${TORCH_CUDA}"' in i.args for i in dockerfile(service) if i.keyword == "RUN"
     )
 
 

@@ -56,11 +56,13 @@ def test_only_the_gateway_reaches_the_grpc_services(render: Render) -> None:
         rules = _peers(manifest, component, "Ingress")
         assert rules, f"{component} admits nobody, not even the gateway"
         for rule, peers in rules:
+            ports = [container_port(manifest.container(component), p["port"]) for p in rule["ports"]]
+            if render.tls and ports == [container_port(manifest.container(component), "health")]:
+                continue  # the plaintext health-only port, for the kubelet's probes (test_deploy_security.py)
             assert peers, f"{component} admits everyone: {rule}"
             for peer in peers:
                 assert set(peer) == {"podSelector"}, f"{component} admits {peer}"
                 assert manifest.selected_components(peer["podSelector"]) == {"gateway"}, peer
-            ports = [container_port(manifest.container(component), p["port"]) for p in rule["ports"]]
             assert ports == [container_port(manifest.container(component), "grpc")]
         gateway_out = _peers(manifest, "gateway", "Egress")
         assert any(
@@ -78,7 +80,9 @@ def test_only_the_trainer_may_leave_the_cluster(render: Render) -> None:
             external = not peers or any("ipBlock" in p for p in peers)
             dns_only = all(p.get("port") == 53 for p in rule.get("ports", [{}]))
             if external and not dns_only:
-                assert component == "trainer", f"{component} may egress: {rule}"
+                # The gateway only to fetch the JWT issuer's keys over HTTPS, and only when JWTs are on.
+                jwks = component == "gateway" and render.jwt and [p["port"] for p in rule["ports"]] == [443]
+                assert component == "trainer" or jwks, f"{component} may egress: {rule}"
     if "trainer" in render.services:
         trainer_out = [peers for _, peers in _peers(manifest, "trainer", "Egress")]
         assert any(p.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for peers in trainer_out for p in peers)
@@ -89,7 +93,18 @@ def test_only_the_trainer_may_leave_the_cluster(render: Render) -> None:
 def test_kaggle_credentials_are_mounted_into_the_trainer_only(render: Render) -> None:
     manifest = rendered(render)
     for component in render.services:
-        secrets = [v for v in manifest.pod_spec(component)["volumes"] if "secret" in v]
+        env = manifest.env(manifest.container(component))
+        # Secrets a pod may have besides: its TLS certificate, and the gateway's API keys.
+        own = {env.get("VISION_TLS_CERT_FILE", "").rpartition("/")[0]}
+        own.add(env.get("VISION_AUTH_KEYS_FILE", "").rpartition("/")[0])
+        own_volumes = {
+            m["name"] for m in manifest.container(component)["volumeMounts"] if m["mountPath"] in own
+        }
+        secrets = [
+            v
+            for v in manifest.pod_spec(component)["volumes"]
+            if "secret" in v and v["name"] not in own_volumes
+        ]
         if component != "trainer":
             assert not secrets, f"{component} mounts {secrets}"
             continue

@@ -8,7 +8,7 @@ import ast
 import asyncio
 import functools
 import os
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -18,6 +18,7 @@ from tests.deploy_manifests import (
     BY_NAME,
     GRPC_SERVICES,
     NAMESPACE,
+    RENDER,
     RENDERS,
     REPO,
     Manifest,
@@ -26,6 +27,7 @@ from tests.deploy_manifests import (
     Service,
     container_port,
     env_names_read_by,
+    more_settings_classes,
     rendered,
     settings_class,
 )
@@ -120,9 +122,14 @@ def test_grpc_probes_check_the_port_the_service_listens_on(render: Render) -> No
             f"{component} must listen on all interfaces"
         )
         assert container_port(container, "grpc") == listening
+        # With mutual TLS the port speaks TLS only, which the kubelet's gRPC probes cannot: they ask the
+        # plaintext health-only port (tests/test_deploy_security.py checks it is there).
+        health_port = int(env.get(f"{BY_NAME[component].env_prefix}HEALTH_PORT", "0"))
+        probed = health_port if render.tls else listening
+        assert probed, f"{component}: mutual TLS but no health port"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             grpc_probe = container[probe]["grpc"]
-            assert grpc_probe["port"] == listening, f"{component} {probe}"
+            assert container_port(container, grpc_probe["port"]) == probed, f"{component} {probe}"
             assert grpc_probe.get("service", "") == "", (
                 "the whole-server status: NOT_SERVING until models load"
             )
@@ -247,7 +254,7 @@ def test_pods_get_no_api_token_and_no_service_link_variables(render: Render) -> 
 
 
 def test_the_namespace_enforces_restricted_pod_security() -> None:
-    namespace = rendered(RENDERS[0]).named("Namespace", NAMESPACE)
+    namespace = rendered(RENDER["kustomize-gpu"]).named("Namespace", NAMESPACE)
     assert namespace is not None
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
@@ -333,7 +340,7 @@ def test_every_configured_variable_is_a_setting_the_service_reads(render: Render
     ids=lambda x: x.name if isinstance(x, Service) else str(x),
 )
 def test_every_service_accepts_its_configured_environment(
-    render: Render, service: Service, monkeypatch: pytest.MonkeyPatch
+    render: Render, service: Service, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # The values must parse, not only the names: "2.097152e+07" is no int, "True " no bool.
     manifest = rendered(render)
@@ -341,8 +348,14 @@ def test_every_service_accepts_its_configured_environment(
     for name in [n for n in os.environ if n.startswith("VISION_")]:
         monkeypatch.delenv(name)
     for name, value in manifest.env(container).items():
+        if name.startswith("VISION_TLS_") and name.endswith("_FILE"):
+            # The certificate files exist in the pod only, and the TLS settings read them (PEM markers) as
+            # they are made: stand-ins take their place here. tests/test_deploy_security.py checks the paths.
+            value = str(_pem_stand_in(tmp_path, name))
         monkeypatch.setenv(name, value)
     settings = settings_class(service)()
+    for more in more_settings_classes(service):
+        more()
     assert settings.host == "0.0.0.0"
     assert settings.port == container_port(container, "http" if service.name == "gateway" else "grpc")
     if service.is_grpc:
@@ -354,3 +367,11 @@ def test_configuration_comes_from_config_maps_and_secrets_only_through_volumes(r
     for component, _, container in rendered(render).containers():
         for var in container.get("env", []):
             assert "valueFrom" not in var, f"{component}: {var['name']} comes from {var.get('valueFrom')}"
+
+
+def _pem_stand_in(directory: Path, variable: str) -> Path:
+    """A file with the PEM markers the TLS settings look for (no real key or certificate)."""
+    kind = "PRIVATE KEY" if variable.endswith("KEY_FILE") else "CERTIFICATE"
+    path = directory / f"{variable.lower()}.pem"
+    path.write_text(f"-----BEGIN {kind}-----\nAA==\n-----END {kind}-----\n")
+    return path

@@ -16,6 +16,7 @@ from tests.deploy_manifests import (
     FETCH_SCRIPT,
     HELM_VALUES,
     K8S_SCHEMA_VERSIONS,
+    RENDER,
     RENDERS,
     SERVICES,
     Obj,
@@ -73,13 +74,23 @@ def test_every_enabled_service_has_its_deployment_service_and_config(render: Ren
         assert has_config == enabled, f"ConfigMap {name}"
     assert (manifest.named("Ingress", render.name_of("gateway")) is not None) == render.ingress
     assert bool(manifest.of_kind("NetworkPolicy")) == render.network_policies
+    assert bool(manifest.of_kind("Certificate")) == render.tls
+
+
+# cert-manager's CRDs are not among kubernetes-validate's schemas: tests/test_deploy_security.py checks the
+# fields the manifests give its objects instead.
+CRD_GROUPS = ("cert-manager.io",)
+
+
+def _has_schema(obj: Obj) -> bool:
+    return obj["apiVersion"].split("/")[0] not in CRD_GROUPS
 
 
 @pytest.mark.parametrize("version", K8S_SCHEMA_VERSIONS)
 @pytest.mark.parametrize("render", RENDERS, ids=str)
 def test_every_rendered_object_is_valid_against_the_kubernetes_schema(render: Render, version: str) -> None:
     errors = []
-    for obj in rendered(render).objects:
+    for obj in filter(_has_schema, rendered(render).objects):
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
@@ -90,7 +101,7 @@ def test_every_rendered_object_is_valid_against_the_kubernetes_schema(render: Re
 
 def test_schema_validation_rejects_a_misspelled_field() -> None:
     # Strict mode is what makes the check above worth having: a typo must not pass as an unknown field.
-    deployment = copy.deepcopy(rendered(RENDERS[0]).deployment("classifier"))
+    deployment = copy.deepcopy(rendered(RENDER["kustomize-gpu"]).deployment("classifier"))
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"grpc": {"port": 50051}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_SCHEMA_VERSIONS[-1], strict=True)
@@ -133,7 +144,11 @@ def _pod_shape(manifest_render: Render, component: str) -> dict[str, Any]:
     env = manifest.env(container)
     container["env"] = sorted(container.get("env", []), key=lambda e: e["name"])
     container["envFrom"] = len(container.get("envFrom", []))
-    for volume in spec.get("volumes", []):
+    # Order carries no meaning in these lists (kustomize patches prepend what they add).
+    container["ports"] = sorted(container.get("ports", []), key=lambda p: str(p["name"]))
+    container["volumeMounts"] = sorted(container.get("volumeMounts", []), key=lambda m: str(m["mountPath"]))
+    spec["volumes"] = sorted(spec.get("volumes", []), key=lambda v: v["name"])
+    for volume in spec["volumes"]:
         volume.get("persistentVolumeClaim", {}).pop("claimName", None)
     spec["tolerations"] = sorted(spec.get("tolerations", []), key=lambda t: str(sorted(t.items())))
     return {
@@ -143,17 +158,21 @@ def _pod_shape(manifest_render: Render, component: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(
-    ("kustomize", "helm"),
-    [(RENDERS[0], RENDERS[3]), (RENDERS[1], RENDERS[4])],
-    ids=["gpu", "cpu"],
-)
+TWINS = [
+    (RENDER["kustomize-gpu"], RENDER["helm-default"]),
+    (RENDER["kustomize-cpu"], RENDER["helm-cpu"]),
+    (RENDER["kustomize-gpu-mtls"], RENDER["helm-tls"]),
+]
+TWIN_IDS = ["gpu", "cpu", "mtls"]
+
+
+@pytest.mark.parametrize(("kustomize", "helm"), TWINS, ids=TWIN_IDS)
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
 def test_kustomize_and_helm_deploy_the_same_pods(kustomize: Render, helm: Render, service: Any) -> None:
     assert _pod_shape(kustomize, service.name) == _pod_shape(helm, service.name)
 
 
-@pytest.mark.parametrize(("kustomize", "helm"), [(RENDERS[0], RENDERS[3])], ids=["gpu"])
+@pytest.mark.parametrize(("kustomize", "helm"), [TWINS[0], TWINS[2]], ids=["gpu", "mtls"])
 def test_kustomize_and_helm_render_the_same_objects(kustomize: Render, helm: Render) -> None:
     def names(render: Render) -> set[tuple[str, str]]:
         hashed = render.tool == "kustomize"  # generated ConfigMaps end in a content hash

@@ -2,27 +2,33 @@
 # classifier_svc: top-k image classification. `python -m classifier_svc` on port 50051.
 # Build from the repository root (the README's deploy section has the push commands):
 #   docker build -f deploy/docker/classifier.Dockerfile -t vision-classifier .
-# torch comes from PyPI: on Linux x86_64 that is the CUDA build (it runs on CPU as well). CPU-only
-# clusters can build smaller images with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# torch is the lock's (requirements/<extra>.txt, pinned by requirements/torch.in): the CUDA 13.0 build of 2.14.1,
+# PyPI's Linux x86_64 wheel, with its CUDA libraries (nvidia-*) pinned and hashed beside it. It needs NVIDIA driver
+# >= 580 on the GPU nodes and a Turing (sm_75) or newer GPU (CUDA 13 dropped Maxwell, Pascal and Volta); it runs on
+# CPU as well. Another build (an older CUDA for older drivers, or the small CPU wheels) means a lock made for it:
+# README, Deploy: the torch build (TORCH_INDEX_URL, TORCH_CUDA and `make lock TORCH_INDEX_URL=...`).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
+ARG TORCH_VERSION=2.14.1
+ARG TORCH_CUDA=cu130
 ARG TORCH_INDEX_URL=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Optional: torch + torchvision from another index (e.g. the CPU wheels) before everything else.
-RUN if [ -n "$TORCH_INDEX_URL" ]; then \
-      pip install --index-url "$TORCH_INDEX_URL" "torch>=2.8" "torchvision>=0.23"; \
-    fi
-# Dependencies first, from pyproject.toml alone, so code changes reuse this (large) layer.
+# Dependencies first, from the hashed lock alone (`make lock`): every version and every file's sha256 fixed, and
+# pip refuses anything else. Code changes reuse this (large) layer. Then: is torch the build this file says?
+COPY requirements/classifier.txt requirements/build.txt ./requirements/
+RUN pip install --require-hashes ${TORCH_INDEX_URL:+--extra-index-url=$TORCH_INDEX_URL} -r requirements/classifier.txt \
+ && python -c "import sys, torch; want = sys.argv[1]; sys.exit(None if torch.__version__ == want else f'the lock has torch {torch.__version__}, not {want} (TORCH_VERSION, TORCH_CUDA)')" "${TORCH_VERSION}+${TORCH_CUDA}"
+# Then the code: the shared package and this service only, as a wheel built by the locked build backend.
 COPY pyproject.toml README.md ./
-RUN pip install ".[classifier]" && pip uninstall --yes vision-mesh
-# Then the code: the shared package and this service only, as a wheel installed in the runtime stage.
 COPY vision ./vision
 COPY classifier_svc ./classifier_svc
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes -r requirements/build.txt \
+ && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --gid 10001 vision \

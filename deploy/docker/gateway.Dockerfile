@@ -10,13 +10,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=igno
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so code changes reuse this (large) layer.
+# Dependencies first, from the hashed lock alone (`make lock`): every version and every file's sha256 fixed, and
+# pip refuses anything else. Code changes reuse this layer.
+COPY requirements/gateway.txt requirements/build.txt ./requirements/
+RUN pip install --require-hashes -r requirements/gateway.txt
+# Then the code: the shared package and this service only, as a wheel built by the locked build backend.
 COPY pyproject.toml README.md ./
-RUN pip install ".[gateway]" && pip uninstall --yes vision-mesh
-# Then the code: the shared package and this service only, as a wheel installed in the runtime stage.
 COPY vision ./vision
 COPY gateway ./gateway
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes -r requirements/build.txt \
+ && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --gid 10001 vision \

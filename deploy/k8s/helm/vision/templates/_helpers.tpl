@@ -9,14 +9,15 @@
 {{- end -}}
 {{- end -}}
 
-{{/* The four gRPC services, with what the chart fixes about them: ports as in the README; stopSeconds is
+{{/* The four gRPC services, with what the chart fixes about them: ports as in the README (healthPort: the
+     plaintext grpc.health.v1 port for the kubelet's probes, with tls.enabled only); stopSeconds is
      how long the service may take after draining (unloading models; the trainer also stops its job's
      worker process, up to 25 s). */}}
 {{- define "vision.grpcServices" -}}
-classifier: {port: 50051, prefix: VISION_CLASSIFIER_, stopSeconds: 15}
-explain: {port: 50052, prefix: VISION_EXPLAIN_, stopSeconds: 15}
-detector: {port: 50053, prefix: VISION_DETECTOR_, stopSeconds: 15}
-trainer: {port: 50054, prefix: VISION_TRAINER_, stopSeconds: 35}
+classifier: {port: 50051, healthPort: 50061, prefix: VISION_CLASSIFIER_, stopSeconds: 15}
+explain: {port: 50052, healthPort: 50062, prefix: VISION_EXPLAIN_, stopSeconds: 15}
+detector: {port: 50053, healthPort: 50063, prefix: VISION_DETECTOR_, stopSeconds: 15}
+trainer: {port: 50054, healthPort: 50064, prefix: VISION_TRAINER_, stopSeconds: 35}
 {{- end -}}
 
 {{- define "vision.gatewayPort" -}}8000{{- end -}}
@@ -65,7 +66,34 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 VISION_LOG_LEVEL: {{ $g.log.level | quote }}
 VISION_LOG_JSON: {{ include "vision.envValue" $g.log.json | quote }}
 VISION_MAX_IMAGE_BYTES: {{ include "vision.envValue" $g.maxImageBytes | quote }}
+{{- if .Values.tls.enabled }}
+VISION_TLS_CA_FILE: {{ printf "%s/ca.crt" (include "vision.tlsDir" .) | quote }}
+VISION_TLS_CERT_FILE: {{ printf "%s/tls.crt" (include "vision.tlsDir" .) | quote }}
+VISION_TLS_KEY_FILE: {{ printf "%s/tls.key" (include "vision.tlsDir" .) | quote }}
+VISION_TLS_TRUSTED_CLIENTS: {{ include "vision.gatewayClientName" . | quote }}
+{{- end }}
 {{- end -}}
+
+{{/* Mutual TLS: where each pod finds its cert-manager Secret (tls.crt, tls.key, ca.crt), the name the
+     gateway's client certificate carries (the services let only it assert a caller), and the issuer. */}}
+{{- define "vision.tlsDir" -}}/etc/vision/tls{{- end -}}
+{{- define "vision.gatewayClientName" -}}vision-gateway{{- end -}}
+{{- define "vision.tlsSecret" -}}{{ include "vision.fullname" .root }}-{{ .component }}-tls{{- end -}}
+{{- define "vision.tlsIssuerRef" -}}
+{{- if .Values.tls.issuerRef.name -}}
+name: {{ .Values.tls.issuerRef.name }}
+kind: {{ .Values.tls.issuerRef.kind | default "Issuer" }}
+group: {{ .Values.tls.issuerRef.group | default "cert-manager.io" }}
+{{- else -}}
+name: {{ include "vision.fullname" . }}-ca
+kind: Issuer
+group: cert-manager.io
+{{- end -}}
+{{- end -}}
+
+{{/* The gateway's API-key file, in a directory mount of auth.keysSecret. */}}
+{{- define "vision.authDir" -}}/etc/vision/auth{{- end -}}
+{{- define "vision.jwksDir" -}}/etc/vision/jwks{{- end -}}
 
 {{/* Environment of one gRPC service: (dict "root" $ "name" "classifier"). The chart's own keys win over
      `config` where they must agree with the pod spec (host, port, paths, shutdown timing). */}}
@@ -84,6 +112,9 @@ VISION_MAX_IMAGE_BYTES: {{ include "vision.envValue" $g.maxImageBytes | quote }}
 {{- $_ := set $env (printf "%sGRACE_SECONDS" $p) (include "vision.envValue" $svc.shutdown.graceSeconds) -}}
 {{- $_ := set $env "VISION_MODEL_DIR" "/models" -}}
 {{- $_ := set $env "VISION_MAX_IMAGE_PIXELS" (include "vision.envValue" $root.Values.global.maxImagePixels) -}}
+{{- if $root.Values.tls.enabled -}}
+{{- $_ := set $env (printf "%sHEALTH_PORT" $p) (toString $facts.healthPort) -}}
+{{- end -}}
 {{- if eq .name "trainer" -}}
 {{- $_ := set $env "VISION_DATA_DIR" "/data" -}}
 {{- $_ := set $env "VISION_TRAINER_KAGGLEHUB_CACHE" "/data/kagglehub" -}}
@@ -99,6 +130,24 @@ VISION_MAX_IMAGE_BYTES: {{ include "vision.envValue" $g.maxImageBytes | quote }}
 {{- $env := dict -}}
 {{- range $key, $value := .Values.gateway.config -}}
 {{- $_ := set $env $key (include "vision.envValue" $value) -}}
+{{- end -}}
+{{- $auth := .Values.auth -}}
+{{- $_ := set $env "VISION_AUTH_REQUIRED" (toString $auth.required) -}}
+{{- if $auth.keysSecret -}}
+{{- $_ := set $env "VISION_AUTH_KEYS_FILE" (printf "%s/keys.json" (include "vision.authDir" .)) -}}
+{{- end -}}
+{{- with $auth.jwt -}}
+{{- if .issuer -}}
+{{- $_ := set $env "VISION_AUTH_JWT_ISSUER" .issuer -}}
+{{- $_ := set $env "VISION_AUTH_JWT_AUDIENCE" .audience -}}
+{{- $_ := set $env "VISION_AUTH_JWT_ROLE_CLAIM" .roleClaim -}}
+{{- if .jwksUrl -}}
+{{- $_ := set $env "VISION_AUTH_JWT_JWKS_URL" .jwksUrl -}}
+{{- end -}}
+{{- if .jwksConfigMap -}}
+{{- $_ := set $env "VISION_AUTH_JWT_JWKS_FILE" (printf "%s/jwks.json" (include "vision.jwksDir" $root)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- $_ := set $env "VISION_GATEWAY_HOST" "0.0.0.0" -}}
 {{- $_ := set $env "VISION_GATEWAY_PORT" (include "vision.gatewayPort" .) -}}
