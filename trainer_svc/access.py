@@ -16,7 +16,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import grpc
-from vision.security.tls import TlsSettings, peer_identities
 
 from trainer_svc.config import TrainerSettings
 from trainer_svc.jobs.database import JobDB, JobRow
@@ -26,6 +25,7 @@ from vision.models.owners import ModelOwners
 from vision.models.store import ModelStore
 from vision.security.principal import Principal, UntrustedPrincipal, resolve_caller
 from vision.security.roles import QuotaSettings, Role
+from vision.security.tls import TlsSettings, peer_identities
 
 
 class CallerNotAllowed(PermissionDenied):

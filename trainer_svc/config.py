@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from trainer_svc.training.config import FOOD101_HANDLE, MAX_CLASSES, MAX_EPOCHS, TrainConfig
 from vision.serving.registry import PREFERRED_DEFAULT
-from vision.settings import ServiceSettings, max_upload_bytes, max_upload_files, shared
+from vision.settings import CommaSeparated, ServiceSettings, max_upload_bytes, max_upload_files, shared
 
 # Calls (handler threads) never taken by uploads or watchers: GetJob, ListJobs and CancelJob always find one.
 # Health checks have threads of their own (vision.rpc.admission).
@@ -81,18 +80,11 @@ class TrainerSettings(ServiceSettings):
         "again with after_seq.",
     )
 
-    reserved_model_names: Annotated[list[str], NoDecode] = Field(
+    reserved_model_names: CommaSeparated = Field(
         default_factory=lambda: [PREFERRED_DEFAULT],
         description="Model names only admins may train (comma-separated): the default model's name (set it "
         "to VISION_CLASSIFIER_DEFAULT_MODEL). Names stored without an owner are the admins' as well.",
     )
-
-    @field_validator("reserved_model_names", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
-        return value
 
     @model_validator(mode="after")
     def _calls_left_for_other_calls(self) -> TrainerSettings:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vision.image.decode import ImageLimits
 
@@ -23,6 +23,17 @@ def cpu_cores() -> int:
     """CPU cores this process may run on (its affinity mask, where the platform has one)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def _split_commas(value: object) -> object:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; lists pass as they are."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+# A list setting written in the environment as comma-separated words (``VISION_X=a,b``), not JSON.
+CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 
 def shared(env_name: str, default: Any, description: str) -> Any:

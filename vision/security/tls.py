@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import grpc
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vision.settings import CommaSeparated
 
 ENV_PREFIX = "VISION_TLS_"
 GATEWAY_CLIENT_NAME = "vision-gateway"
@@ -56,7 +58,7 @@ class TlsSettings(BaseSettings):
         description="The gateway: the name expected in every service's certificate instead of the host of "
         "its address (e.g. when dialling an IP). Empty: the address's host.",
     )
-    trusted_clients: Annotated[list[str], NoDecode] = Field(
+    trusted_clients: CommaSeparated = Field(
         default_factory=lambda: [GATEWAY_CLIENT_NAME],
         description="Certificate names (CN or DNS SAN, comma-separated) of clients a service lets assert "
         "whom a call is for (the gateway passes its caller in the metadata). Used with mutual TLS only.",
@@ -66,13 +68,6 @@ class TlsSettings(BaseSettings):
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("trusted_clients", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
-        return value
 
     @model_validator(mode="after")
     def _files_usable(self) -> TlsSettings:
