@@ -1,4 +1,7 @@
 // The gateway's web client: plain ES modules, no build step, no network beyond this gateway.
+import { api, blobUrl, initKeyField, refusalMessage, withKey } from "./auth.js";
+import { openEventStream } from "./sse.js";
+
 const $ = (selector, root = document) => root.querySelector(selector);
 const state = { mode: "classify", file: null, job: null, events: null, curve: [] };
 const ENDPOINTS = { classify: "/predict", explain: "/explain", detect: "/detect" };
@@ -13,21 +16,6 @@ function showError(message) {
 function setBusy(busy) {
   $("#busy").hidden = !busy;
   $("#panel-analyze").setAttribute("aria-busy", String(busy));
-}
-
-async function api(path, options = {}) {
-  let response;
-  try {
-    response = await fetch(path, options);
-  } catch (err) {
-    throw new Error(`The gateway could not be reached (${err.message}).`);
-  }
-  const body = await response.json().catch(() => null);
-  if (!response.ok || (body && body.success === false)) {
-    const detail = body && body.error ? body.error.message : response.statusText;
-    throw new Error(`${detail} (HTTP ${response.status})`);
-  }
-  return body;
 }
 
 // -- choices: the gateway's OpenAPI schema lists every option set (from vision.choices); the page has none --
@@ -77,7 +65,7 @@ async function loadModels(selected = "") {
 async function checkHealth() {
   const el = $("#health");
   try {
-    const response = await fetch("/health");
+    const response = await fetch("/health", withKey());
     const body = await response.json();
     const down = Object.entries(body.services).filter(([, s]) => s !== "SERVING").map(([n]) => n);
     el.textContent = down.length ? `unavailable: ${down.join(", ")}` : "all services up";
@@ -274,8 +262,6 @@ function watchJob(jobId, eventsUrl) {
   $("#cancel-job").hidden = false;
   $("#job-title").textContent = `Training job ${jobId}`;
   drawCurves();
-  const events = new EventSource(eventsUrl);
-  state.events = events;
   const progress = (e) => {
     const d = JSON.parse(e.data);
     $("#job-progress").value = d.fraction;
@@ -286,15 +272,23 @@ function watchJob(jobId, eventsUrl) {
       drawCurves();
     }
   };
-  events.addEventListener("progress", progress);
-  events.addEventListener("epoch", progress);
-  events.addEventListener("state", (e) => {
-    const d = JSON.parse(e.data);
-    $("#job-status").textContent = `Job ${d.status}${d.message ? `: ${d.message}` : ""}`;
-    if (["succeeded", "failed", "cancelled"].includes(d.status)) finishJob(jobId);
-  });
-  events.addEventListener("error", () => {
-    if (events.readyState === EventSource.CLOSED) finishJob(jobId);
+  const handlers = {
+    progress,
+    epoch: progress,
+    state: (e) => {
+      const d = JSON.parse(e.data);
+      $("#job-status").textContent = `Job ${d.status}${d.message ? `: ${d.message}` : ""}`;
+      if (["succeeded", "failed", "cancelled"].includes(d.status)) finishJob(jobId);
+    },
+  };
+  state.events = openEventStream(eventsUrl, {
+    headers: () => withKey().headers || {},
+    onEvent: (e) => handlers[e.type] && handlers[e.type](e),
+    onDone: () => finishJob(jobId),
+    onRefused: async (response, sent) => {
+      const body = await response.json().catch(() => null);
+      showError(`The job's progress cannot be followed: ${refusalMessage(response, body, sent.has("X-API-Key"))}`);
+    },
   });
 }
 
@@ -318,7 +312,7 @@ async function finishJob(jobId) {
     });
     $("#per-class tbody").replaceChildren(...rows);
     $("#per-class caption").textContent = `Validation accuracy ${(job.metrics.accuracy * 100).toFixed(1)}% — ${job.model.name} v${job.model.version}`;
-    $("#confusion").src = job.confusion_matrix_url;
+    showConfusion(job.confusion_matrix_url);
     $("#job-result").hidden = false;
     $("#use-model").onclick = async () => {
       setMode("classify");
@@ -327,6 +321,17 @@ async function finishJob(jobId) {
     };
   } catch (err) {
     showError(err.message);
+  }
+}
+
+async function showConfusion(url) {
+  const img = $("#confusion");
+  try {
+    const src = await blobUrl(url); // the image is behind the key: an <img src> cannot send it
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    img.src = src;
+  } catch (err) {
+    showError(`The confusion matrix could not be loaded: ${err.message}`);
   }
 }
 
@@ -368,6 +373,11 @@ function init() {
   $("#add-class").addEventListener("click", () => addClassCard());
   $("#train-form").addEventListener("submit", startTraining);
   $("#cancel-job").addEventListener("click", () => state.job && api(`/jobs/${state.job}/cancel`, { method: "POST" }).catch((e) => showError(e.message)));
+  initKeyField(() => {
+    showError("");
+    loadChoices();
+    if (state.mode !== "train") loadModels($("#model").value).then(() => state.file && analyze());
+  });
   addClassCard();
   addClassCard();
   loadChoices();
