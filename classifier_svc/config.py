@@ -12,6 +12,7 @@ class ClassifierSettings(ModelServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_CLASSIFIER_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port).")
+    metrics_port: int = Field(9101, ge=0, le=65535, description="Port of GET /metrics (Prometheus); 0: off.")
     half: bool = Field(True, description="float16 + channels_last on CUDA (ignored on CPU).")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a request may ask for.")
     fetch_pretrained: bool = Field(

@@ -58,7 +58,7 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tenso
             tensor = model.preprocessing(decode_image(image, self.image_limits))
         decode_ms = (time.perf_counter() - start) * 1000
         batched = self.batcher.run(model, tensor, timeout=self.time_left(deadline))
-        return Classification(
-            top_classes(batched.value, top_k, model.class_names),
-            Answered.of(name, resolved_version, decode_ms, batched),
-        )
+        answered = self.answered(name, resolved_version, decode_ms, batched)
+        with self.telemetry.encoding():
+            classes = top_classes(batched.value, top_k, model.class_names)
+        return Classification(classes, answered)

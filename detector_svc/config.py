@@ -14,6 +14,7 @@ class DetectorSettings(ModelServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_DETECTOR_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port (0: any free port).")
+    metrics_port: int = Field(9103, ge=0, le=65535, description="Port of GET /metrics (Prometheus); 0: off.")
     default_model: str = Field(
         "", description="Model used when a request names none; empty: 'yolo11n' if stored, else the newest."
     )

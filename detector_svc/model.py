@@ -239,14 +239,17 @@ class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
             model, (bgr.shape[0], bgr.shape[1]), options.conf, options.iou, options.max_det, classes, imgsz
         )
         batched = self.batcher.run(key, bgr, timeout=self.time_left(deadline))
+        answered = self.answered(name, resolved_version, decode_ms, batched)
         result = batched.value
         annotated = b""
-        if options.annotate:
-            annotated = annotated_png(result, self.max_annotated_side)
+        with self.telemetry.encoding():
+            if options.annotate:
+                annotated = annotated_png(result, self.max_annotated_side)
+            boxes = boxes_of(result, model.class_names)
         return Detection(
-            boxes=boxes_of(result, model.class_names),
+            boxes=boxes,
             annotated_png=annotated,
             image_width=width,
             image_height=height,
-            answered=Answered.of(name, resolved_version, decode_ms, batched),
+            answered=answered,
         )

@@ -118,17 +118,20 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
         batched = self.batcher.run(
             (model, options.method, layer), (tensor, target), timeout=self.time_left(deadline)
         )
+        answered = self.answered(name, resolved_version, decode_ms, batched)
         result = batched.value
-        overlay = self._overlay(picture, box, result, options)
         names = model.class_names
+        with self.telemetry.encoding():
+            overlay = self._overlay(picture, box, result, options)
+            heatmap = heatmap_png(result.heatmap)
         return Explanation(
             top=top_classes(result.probs, options.top_k, names),
             target=(result.target, names[result.target], float(result.probs[result.target])),
             method=options.method,
             layer=layer,
-            heatmap_png=heatmap_png(result.heatmap),
+            heatmap_png=heatmap,
             overlay_png=overlay,
-            answered=Answered.of(name, resolved_version, decode_ms, batched),
+            answered=answered,
         )
 
     def _overlay(

@@ -18,6 +18,7 @@ from gateway.errors import ApiError, from_rpc_error
 from gateway.slots import Slots
 from gateway.train.upload import UPLOAD_CHANNEL_OPTIONS
 from vision.security.tls import TlsSettings, open_aio_channel, open_channel
+from vision.telemetry.tracing import grpc_aio_client_interceptors, traced_channel
 from vision.v1 import (
     classifier_pb2_grpc,
     detector_pb2_grpc,
@@ -54,12 +55,15 @@ class Backends:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.enable_retries", 1),
         ]
-        channels = {name: open_aio_channel(addr, tls, options) for name, addr in settings.backends().items()}
-        upload = (
-            open_channel(settings.trainer_addr, tls, UPLOAD_CHANNEL_OPTIONS)
-            if settings.trainer_addr
-            else None
-        )
+        # With tracing on: a client span per call, and its traceparent in the call's metadata.
+        traced = grpc_aio_client_interceptors()
+        channels = {
+            name: open_aio_channel(addr, tls, options, interceptors=traced)
+            for name, addr in settings.backends().items()
+        }
+        upload = None
+        if settings.trainer_addr:
+            upload = traced_channel(open_channel(settings.trainer_addr, tls, UPLOAD_CHANNEL_OPTIONS))
         return cls(
             settings,
             channels,

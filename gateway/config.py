@@ -24,6 +24,9 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="HTTP listen address ('0.0.0.0' in containers).")
     port: int = Field(8000, ge=0, le=65535)
+    metrics_port: int = Field(
+        9100, ge=0, le=65535, description="Port of GET /metrics (Prometheus), never the public one; 0: off."
+    )
     classifier_addr: str = Field("127.0.0.1:50051", description="classifier_svc gRPC address (required).")
     explain_addr: str = Field("", description="explain_svc gRPC address; empty: not deployed.")
     detector_addr: str = Field("", description="detector_svc gRPC address; empty: not deployed.")

@@ -14,8 +14,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.responses import ErrorBody, ErrorDetail
+from gateway.telemetry import record_upstream_error
 from vision.errors import InvalidArgument, LimitExceeded, QuotaExceeded, StorageFull
 from vision.rpc.status import ERROR_KIND_KEY, kind_name
+from vision.telemetry.context import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,9 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """The JSON of an `ErrorBody`."""
-    return ErrorBody(error=ErrorDetail(code=code, message=message)).model_dump(mode="json")
+    """The JSON of an `ErrorBody`, with the request's id (to find its log lines)."""
+    detail = ErrorDetail(code=code, message=message, request_id=current_request_id() or None)
+    return ErrorBody(error=detail).model_dump(mode="json", exclude_none=True)
 
 
 def error_response(
@@ -88,6 +91,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, service: str, retry_after_s: int) 
     not help) and never gRPC's own text; a failure inside the service is 502 with an error id to quote.
     """
     code = exc.code()
+    record_upstream_error(service, code.name)
     kind = error_kind(exc)
     status = GRPC_TO_HTTP.get(code, 502)
     message = exc.details() or code.name.lower()

@@ -22,11 +22,13 @@ from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.limits import BodyLimitsMiddleware
-from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.routers import detect, explain, predict, system
+from gateway.telemetry import GatewayMetrics, TelemetryMiddleware
 from gateway.train import routes as train
 from vision.security.roles import QuotaSettings
 from vision.security.settings import AuthSettings
+from vision.telemetry.metrics import start_metrics_endpoint
+from vision.telemetry.tracing import tracing_enabled
 
 STATIC_DIR = Path(__file__).parent / "static"
 ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -124,14 +126,21 @@ def create_app(
 ) -> FastAPI:
     settings = settings or GatewaySettings()
     authenticator = Authenticator(auth or AuthSettings(), quotas or QuotaSettings())
+    metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        endpoint = start_metrics_endpoint(
+            metrics.registry, settings.host, settings.metrics_port, "VISION_GATEWAY_METRICS_PORT"
+        )
+        app.state.metrics_endpoint = endpoint
         app.state.backends = Backends.connect(settings)
         try:
             yield
         finally:
             await app.state.backends.close()
+            if endpoint is not None:
+                endpoint.stop()
 
     app = FastAPI(
         title="Vision gateway",
@@ -147,8 +156,6 @@ def create_app(
     app.include_router(train.router)
     app.include_router(system.router)
 
-    metrics = Metrics()
-    app.mount("/metrics", metrics.app(), name="metrics")
     # The web client: packaged static files, no CDN.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -167,12 +174,17 @@ def create_app(
     app.add_middleware(
         AuthMiddleware, authenticator=authenticator, origins=OriginCheck(settings.cors_origins)
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(TelemetryMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
         )
+    if tracing_enabled():  # a server span per request, continuing a client's traceparent; outermost
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="/healthz,/static/.*")
     return app

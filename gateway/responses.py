@@ -28,6 +28,9 @@ class Body(BaseModel):
 class ErrorDetail(Body):
     code: str = Field(description="Machine-readable: invalid_argument, not_found, resource_exhausted ...")
     message: str = Field(description="What was wrong and what to do about it, for a person to read.")
+    request_id: str | None = Field(
+        None, description="The request's id (also the X-Request-ID header): quote it to find the logs."
+    )
 
 
 class ErrorBody(Body):

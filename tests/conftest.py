@@ -13,6 +13,12 @@ from pathlib import Path
 
 # Ultralytics (imported by some tests for its bundled photos) must not reach the network.
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# Many servers run in one test process: none takes its default metrics port (9100-9104) unless a test says so.
+os.environ.setdefault("VISION_GATEWAY_METRICS_PORT", "0")
+os.environ.setdefault("VISION_CLASSIFIER_METRICS_PORT", "0")
+os.environ.setdefault("VISION_EXPLAIN_METRICS_PORT", "0")
+os.environ.setdefault("VISION_DETECTOR_METRICS_PORT", "0")
+os.environ.setdefault("VISION_TRAINER_METRICS_PORT", "0")
 
 import grpc
 import httpx

@@ -173,7 +173,8 @@ def assert_error(response: httpx.Response, status: int, code: str, fragment: str
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert body["success"] is False
-    assert set(body["error"]) == {"code", "message"}
+    assert set(body["error"]) == {"code", "message", "request_id"}
+    assert body["error"]["request_id"] == response.headers["X-Request-ID"]  # leads to the log lines
     assert body["error"]["code"] == code
     message: str = body["error"]["message"]
     assert fragment.lower() in message.lower()

@@ -187,7 +187,8 @@ def test_errors_answered_by_the_gateway_itself_have_the_error_body(
     response = client.request(method, url)
     assert response.status_code == status
     assert response.json()["success"] is False and response.json()["error"]["code"] == code
-    assert set(response.json()["error"]) == {"code", "message"}
+    assert set(response.json()["error"]) == {"code", "message", "request_id"}
+    assert response.json()["error"]["request_id"] == response.headers["X-Request-ID"]
 
 
 def test_a_body_over_the_limit_is_413_with_the_error_body(client: TestClient) -> None:

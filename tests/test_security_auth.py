@@ -167,9 +167,10 @@ def protected_operations(stack: Stack) -> list[tuple[str, str]]:
 
 def assert_refused(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
+    error = response.json()["error"]
     assert response.json() == {
         "success": False,
-        "error": {"code": code, "message": response.json()["error"]["message"]},
+        "error": {"code": code, "message": error["message"], "request_id": response.headers["X-Request-ID"]},
     }
     assert response.json()["error"]["message"]
 

@@ -37,6 +37,9 @@ def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobMan
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             health_workers=settings.health_workers,
             health_port=settings.health_port,
+            metrics_registry=manager.metrics_registry,
+            metrics_port=settings.metrics_port,
+            metrics_setting=settings.metrics_port_setting,
         )
     except BaseException:
         manager.close()

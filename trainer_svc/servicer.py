@@ -25,6 +25,7 @@ from vision.errors import Cancelled, InvalidArgument, Overloaded, StorageFull
 from vision.security.principal import Principal
 from vision.security.roles import Role
 from vision.settings import MAX_JOBS_PAGE_SIZE, MAX_PAGE_TOKEN_DIGITS
+from vision.telemetry.tracing import span
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         allowance = self._access.upload_allowance(caller)  # None: no daily quota
         writer = self._manager.new_upload(config.class_names, allowance)
         try:
-            for request in requests:
-                if not request.HasField("chunk"):
-                    raise InvalidArgument("only image chunks may follow the JobSpec")
-                writer.add(request.chunk)
-            per_label = writer.finish()
+            with span("upload") as receiving:
+                for request in requests:
+                    if not request.HasField("chunk"):
+                        raise InvalidArgument("only image chunks may follow the JobSpec")
+                    writer.add(request.chunk)
+                per_label = writer.finish()
+                if receiving is not None:
+                    receiving.set_attribute("upload.bytes", writer.total_bytes)
+                    receiving.set_attribute("upload.images", sum(per_label.values()))
             counts = {config.class_names[i]: n for i, n in per_label.items()}
             check_min_per_class(counts, self._settings.min_images_per_class)
             return writer, counts
@@ -137,6 +142,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             raise
         finally:  # what arrived counts, kept or not: a failed upload cannot be retried for free forever
             self._access.record_upload(caller, writer.total_bytes)
+            self._manager.telemetry.upload_bytes.inc(writer.total_bytes)
 
     def CreateJob(
         self, request_iterator: Iterator[trainer_pb2.CreateJobRequest], context: grpc.ServicerContext
@@ -175,9 +181,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             writer, counts = self._receive_upload(request_iterator, config, caller)
         try:
             self._access.claim_model_name(caller, config.model_name)
-            row = self._manager.submit(
-                spec, config, counts, writer, owner=caller.name, max_active=caller.limits.max_active_jobs
-            )
+            with span("submit job", **{"job.dataset": config.dataset, "job.model_name": config.model_name}):
+                row = self._manager.submit(
+                    spec, config, counts, writer, owner=caller.name, max_active=caller.limits.max_active_jobs
+                )
             return convert.job_proto(row)
         except BaseException:
             if writer is not None:

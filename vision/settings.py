@@ -107,6 +107,12 @@ class ServiceSettings(StoreSettings):
         description="A second, plaintext port answering grpc.health.v1 alone, for probes that cannot speak "
         "TLS (Kubernetes' grpc probes); 0: none.",
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of GET /metrics (Prometheus, plain HTTP) on the same host; 0: off.",
+    )
     max_workers: int = Field(32, ge=1, description="gRPC handler threads.")
     max_concurrent_rpcs: int = Field(
         0,
@@ -133,6 +139,11 @@ class ServiceSettings(StoreSettings):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def metrics_port_setting(self) -> str:
+        """The variable ``metrics_port`` is read from (for error messages)."""
+        return f"{self.model_config.get('env_prefix', '')}METRICS_PORT"
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 from vision.security.principal import Principal
+from vision.telemetry.context import REQUEST_ID_METADATA, current_request_id
 
 _current: ContextVar[Principal | None] = ContextVar("vision_principal", default=None)
 
@@ -15,9 +16,12 @@ def current_principal() -> Principal | None:
 
 
 def caller_metadata() -> tuple[tuple[str, str], ...]:
-    """gRPC metadata naming the current request's principal (none outside a request)."""
+    """gRPC metadata naming the current request's principal and its request id (none outside a request)."""
     principal = _current.get()
-    return principal.metadata() if principal is not None else ()
+    request_id = current_request_id()
+    return (*(principal.metadata() if principal is not None else ()),) + (
+        ((REQUEST_ID_METADATA, request_id),) if request_id else ()
+    )
 
 
 def set_principal(principal: Principal | None) -> object:

@@ -23,6 +23,7 @@ from gateway.auth.origin import OriginCheck
 from gateway.auth.policy import is_public, required_role
 from gateway.auth.ratelimit import RateLimiter, retry_after_header
 from gateway.errors import error_body
+from gateway.telemetry import record_refusal
 from vision.security.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ REALM = 'Bearer realm="vision"'
 
 
 def _refusal(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    record_refusal(status, code)
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 

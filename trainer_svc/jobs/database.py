@@ -262,6 +262,12 @@ class JobDB:
             ).fetchone()[0]
         )
 
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (states without jobs left out)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {str(state): int(count) for state, count in rows}
+
     def count_active(self, owner: str) -> int:
         """Queued, running and publishing jobs of ``owner``."""
         with self._lock:

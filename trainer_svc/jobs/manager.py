@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 import torch
+from prometheus_client import CollectorRegistry
 
 from trainer_svc.config import TrainerSettings
 from trainer_svc.errors import logged
@@ -26,6 +27,7 @@ from trainer_svc.jobs.records import JobRecords
 from trainer_svc.jobs.supervisor import WorkerHandle, describe_exit, worker_args
 from trainer_svc.jobs.uploads import UploadLimits, UploadWriter
 from trainer_svc.jobs.worker import DATASET_DIR
+from trainer_svc.telemetry import TrainerTelemetry
 from trainer_svc.training.config import TrainConfig
 from vision.errors import Conflict, NotFound, QuotaExceeded
 from vision.models.devices import resolve_device
@@ -89,7 +91,15 @@ class JobManager:
                 DB_FILE,
             )
         self.db = JobDB(self.data_dir / DB_FILE)
-        self.records = JobRecords(self.db, self.store, self.jobs_dir, keep_job_files=settings.keep_job_files)
+        self.metrics_registry = CollectorRegistry()  # served with the server's on the metrics port
+        self.telemetry = TrainerTelemetry(self.metrics_registry, self.db.count_by_state)
+        self.records = JobRecords(
+            self.db,
+            self.store,
+            self.jobs_dir,
+            keep_job_files=settings.keep_job_files,
+            telemetry=self.telemetry,
+        )
         self.slots = device_slots(settings.device)
         self._free = list(reversed(self.slots))
         self._queue: deque[str] = deque()
@@ -257,6 +267,7 @@ class JobManager:
                 self.records.note(
                     job_id, f"resuming on {slot} from the last checkpoint (start {row.attempts + 1})"
                 )
+            self.telemetry.job_started(job_id)
             self._running[job_id] = WorkerHandle(
                 worker_args(self.settings, job_id, row.config, workdir, slot),
                 on_message=lambda message: self.records.worker_message(job_id, message),

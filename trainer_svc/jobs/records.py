@@ -24,6 +24,7 @@ from trainer_svc.jobs.database import (
     JobRow,
     JobState,
 )
+from trainer_svc.telemetry import TrainerTelemetry
 from trainer_svc.training.events import TrainEvent
 from trainer_svc.training.publishing import FINAL_DIR, find_published, publish_final, read_report
 from vision.models.store import ModelStore
@@ -32,7 +33,16 @@ log = logging.getLogger(__name__)
 
 
 class JobRecords:
-    def __init__(self, db: JobDB, store: ModelStore, jobs_dir: Path, *, keep_job_files: bool = False) -> None:
+    def __init__(
+        self,
+        db: JobDB,
+        store: ModelStore,
+        jobs_dir: Path,
+        *,
+        keep_job_files: bool = False,
+        telemetry: TrainerTelemetry | None = None,
+    ) -> None:
+        self.telemetry = telemetry
         self.db, self.store, self.jobs_dir = db, store, jobs_dir
         self.keep_job_files = keep_job_files
         self._changed = threading.Condition()
@@ -56,6 +66,8 @@ class JobRecords:
     def train_event(self, job_id: str, event: TrainEvent) -> None:
         """A running job's progress, epoch results or note, from its worker."""
         self.db.add_event(job_id, JobEvent(**asdict(event), state=JobState.RUNNING))
+        if event.kind == "epoch" and self.telemetry is not None:
+            self.telemetry.epoch_done(job_id, event.images_per_second)
         self.notify()
 
     def dataset_loaded(self, job_id: str, class_counts: dict[str, int]) -> None:
@@ -132,5 +144,7 @@ class JobRecords:
             if not self.keep_job_files:
                 shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
             log.info("job %s %s %s", job_id, state.value, error or message)
+            if self.telemetry is not None:
+                self.telemetry.job_finished(job_id, state)
         self.notify()
         return moved

@@ -8,6 +8,10 @@ Health checks run on threads of their own and other calls are admitted up to a l
 a server whose handler threads are all busy answers ``Health/Check`` at once and refuses new calls with
 RESOURCE_EXHAUSTED instead of queueing them.
 
+Every call is counted and timed under the grpc-prometheus names (`vision.telemetry`), served with the
+service's other metrics on a port of its own (``VISION_<SVC>_METRICS_PORT``); with tracing configured
+(``OTEL_*``), each call continues its caller's trace.
+
 Transport security comes from `vision.security.tls` (``VISION_TLS_*``): plaintext, TLS or mutual TLS on the
 service's port. Kubernetes' native gRPC probes speak no TLS, so a service may also open a plaintext port that
 answers ``grpc.health.v1`` alone, from the same health servicer (``VISION_<SVC>_HEALTH_PORT``).
@@ -27,10 +31,14 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from vision.rpc.admission import AdmissionInterceptor, CountingExecutor
 from vision.rpc.status import ErrorMappingInterceptor
 from vision.security.tls import TlsSettings, server_credentials
+from vision.telemetry.grpc_server import CallTelemetryInterceptor
+from vision.telemetry.metrics import GrpcServerMetrics, MetricsEndpoint, start_metrics_endpoint
+from vision.telemetry.tracing import grpc_server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ class GrpcServer:
     transport: str = "plaintext"  # of ``port``: "plaintext", "TLS" or "mutual TLS"
     health_server: grpc.Server | None = None  # plaintext, grpc.health.v1 only
     health_port: int = 0  # 0: no health port
+    metrics: MetricsEndpoint | None = None  # /metrics over HTTP; None: off
 
     def set_serving(self) -> None:
         """Report SERVING for the whole server and each of its services (on the health port too)."""
@@ -57,14 +66,17 @@ class GrpcServer:
         is set when both have."""
         self.health.enter_graceful_shutdown()
         stopped = self.server.stop(grace)
-        if self.health_server is None:
+        if self.health_server is None and self.metrics is None:
             return stopped
         both = threading.Event()
-        health_server = self.health_server
+        health_server, metrics = self.health_server, self.metrics
 
         def stop_health_after_main() -> None:
             stopped.wait()
-            health_server.stop(None).wait()
+            if health_server is not None:
+                health_server.stop(None).wait()
+            if metrics is not None:
+                metrics.stop()
             both.set()
 
         threading.Thread(target=stop_health_after_main, name="stop-health-port", daemon=True).start()
@@ -87,6 +99,9 @@ def create_server(
     health_workers: int = 2,
     tls: TlsSettings | None = None,
     health_port: int = 0,
+    metrics_registry: CollectorRegistry | None = None,
+    metrics_port: int = 0,
+    metrics_setting: str = "metrics port",
 ) -> GrpcServer:
     """Build and start a server on ``address`` ("host:0" picks a free port, returned as ``port``).
 
@@ -98,6 +113,8 @@ def create_server(
     The port speaks what ``tls`` says (None: ``VISION_TLS_*`` from the environment; see
     `vision.security.tls.server_credentials`). ``health_port`` (0: none) is a second, plaintext port on the
     same host serving only grpc.health.v1 from the same health servicer, for probes that cannot speak TLS.
+    ``metrics_registry`` (None: a new one) gets the server's call metrics; it is served at ``/metrics`` on
+    ``metrics_port`` of the same host (0: not served; ``metrics_setting`` names it in errors).
     Bad TLS files and ports that cannot be bound fail here, before anything is served.
     """
     tls = tls if tls is not None else TlsSettings()
@@ -115,11 +132,18 @@ def create_server(
         health_pool=CountingExecutor(health_workers, thread_name_prefix="grpc-health"),
         reject_pool=CountingExecutor(2, thread_name_prefix="grpc-refuse"),
     )
+    registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
     server = grpc.server(
         calls,
         options=options,
-        # Admission first: it must see the behaviours the error mapping returns.
-        interceptors=[admission, ErrorMappingInterceptor()],
+        # Telemetry first, to see every call and its final code; admission next: it must see the behaviours
+        # the others return (and keeps refusals out of the traces); error mapping last, next to the servicer.
+        interceptors=[
+            CallTelemetryInterceptor(GrpcServerMetrics(registry)),
+            admission,
+            *grpc_server_interceptors(),
+            ErrorMappingInterceptor(),
+        ],
     )
     names = tuple(register(server))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -131,8 +155,10 @@ def create_server(
         server,
     )
     port = _bind(server, address, credentials)
+    host = address.rpartition(":")[0]
     try:
         health_server = _health_only_server(address, health_port, health_servicer, health_workers)
+        metrics = start_metrics_endpoint(registry, host, metrics_port, metrics_setting)
     except BaseException:
         server.stop(None)
         raise
@@ -145,7 +171,7 @@ def create_server(
         tls.mode,
         f"; plaintext health checks on port {health_port}" if health_server is not None else "",
     )
-    return GrpcServer(server, port, health_servicer, names, tls.mode, health_server, health_port)
+    return GrpcServer(server, port, health_servicer, names, tls.mode, health_server, health_port, metrics)
 
 
 def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

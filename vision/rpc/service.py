@@ -21,6 +21,7 @@ from vision.rpc.catalog import add_model_catalog
 from vision.rpc.server import GrpcServer, create_server, serve_until_signalled
 from vision.serving.engine import ServingEngine
 from vision.settings import ModelServiceSettings
+from vision.telemetry.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ def start_model_service(
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
         health_workers=settings.health_workers,
         health_port=settings.health_port,
+        metrics_registry=engine.metrics_registry,
+        metrics_port=settings.metrics_port,
+        metrics_setting=settings.metrics_port_setting,
     )
     log.info(
         "%s listening on %s:%d (%s, device %s)",
@@ -123,6 +127,7 @@ def run_model_service(
     """A service's ``__main__``: configure logging, start, serve until SIGTERM/SIGINT, drain, close."""
     return_freed_memory_promptly()
     configure_logging(settings.log_level, settings.log_json, service=spec.name)
+    configure_tracing(f"vision-{spec.name}")
     server, engine = create(settings)
     serve_until_signalled(
         server, settings.grace_seconds, on_stop=engine.close, shutdown_delay=settings.shutdown_delay_seconds

@@ -180,12 +180,18 @@ def open_channel(target: str, tls: TlsSettings, options: ChannelOptions = ()) ->
     return grpc.secure_channel(target, credentials, options=channel_options(tls, options))
 
 
-def open_aio_channel(target: str, tls: TlsSettings, options: ChannelOptions = ()) -> grpc.aio.Channel:
+def open_aio_channel(
+    target: str, tls: TlsSettings, options: ChannelOptions = (), interceptors: Sequence[Any] = ()
+) -> grpc.aio.Channel:
     """An asyncio channel to ``target``: TLS as ``tls`` says (`channel_credentials`), else plaintext."""
     credentials = channel_credentials(tls)
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
-    return grpc.aio.secure_channel(target, credentials, options=channel_options(tls, options))
+        return grpc.aio.insecure_channel(
+            target, options=list(options), interceptors=list(interceptors) or None
+        )
+    return grpc.aio.secure_channel(
+        target, credentials, options=channel_options(tls, options), interceptors=list(interceptors) or None
+    )
 
 
 def peer_identities(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> tuple[str, ...]:

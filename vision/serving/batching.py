@@ -27,12 +27,16 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Batched(Generic[R]):
-    """One request's result plus how it was batched."""
+    """One request's result plus how it was batched (wall-clock instants in `time.time_ns`, for spans)."""
 
     value: R
     queue_ms: float
     inference_ms: float
     batch_size: int
+    first_in_batch: bool = True  # exactly one request of each batch says so (per-batch metrics)
+    enqueued_ns: int = 0
+    started_ns: int = 0
+    finished_ns: int = 0
 
 
 @dataclass
@@ -41,6 +45,7 @@ class _Pending:
     item: Any
     future: Future[Batched[Any]]
     enqueued: float = field(default_factory=time.perf_counter)
+    enqueued_ns: int = field(default_factory=time.time_ns)
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -138,6 +143,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def _run_group(self, key: Hashable, group: list[_Pending]) -> None:
         start = time.perf_counter()
+        started_ns = time.time_ns()
         try:
             results = self._run_batch(key, [p.item for p in group])
             if len(results) != len(group):
@@ -148,7 +154,19 @@ class DynamicBatcher(Generic[T, R]):
                 pending.future.set_exception(exc)
             return
         done = time.perf_counter()
+        finished_ns = time.time_ns()
         inference_ms = (done - start) * 1000
-        for pending, result in zip(group, results, strict=True):
+        for index, (pending, result) in enumerate(zip(group, results, strict=True)):
             queue_ms = (start - pending.enqueued) * 1000
-            pending.future.set_result(Batched(result, queue_ms, inference_ms, len(group)))
+            pending.future.set_result(
+                Batched(
+                    result,
+                    queue_ms,
+                    inference_ms,
+                    len(group),
+                    index == 0,
+                    pending.enqueued_ns,
+                    started_ns,
+                    finished_ns,
+                )
+            )

@@ -13,11 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from vision.errors import Overloaded
 from vision.models.devices import resolve_device
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.batching import Batched, DynamicBatcher
 from vision.serving.registry import EMPTY_STORE_MESSAGE, PREFERRED_DEFAULT, ModelRegistry
+from vision.serving.telemetry import EngineTelemetry
 from vision.settings import ModelServiceSettings
 
 M = TypeVar("M")
@@ -57,6 +60,8 @@ class ServingEngine(Generic[M, T, R]):
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.image_limits = settings.image_limits
+        # This engine's metrics and its server's (`vision.rpc.service` serves them on the metrics port).
+        self.metrics_registry = CollectorRegistry()
         self.registry: ModelRegistry[M] = ModelRegistry(
             store,
             self.load,
@@ -67,6 +72,7 @@ class ServingEngine(Generic[M, T, R]):
             task=self.task,
             preferred_default=self.preferred_default,
             empty_message=self.empty_message,
+            on_load_failure=lambda name, version: self.telemetry.load_failed(name, version),
         )
         self.batcher: DynamicBatcher[T, R] = DynamicBatcher(
             self.run_batch,
@@ -74,6 +80,9 @@ class ServingEngine(Generic[M, T, R]):
             max_delay_s=settings.max_batch_delay_ms / 1000,
             max_queue=settings.max_queue,
             name=f"{self.name}-batcher",
+        )
+        self.telemetry = EngineTelemetry(
+            self.metrics_registry, lambda: self.batcher.queued, self.registry.loaded, self.device
         )
         # Decoding an image can take 120 MB and more (40 MP): bounding how many run at once bounds memory.
         self.max_concurrent_decodes = settings.max_concurrent_decodes
@@ -84,7 +93,7 @@ class ServingEngine(Generic[M, T, R]):
         """Hold one of the ``max_concurrent_decodes`` decode slots while decoding (and shrinking) an image.
 
         Waits until ``deadline`` (a `time.monotonic` instant; None: no limit) for a free slot, then raises
-        `Overloaded`.
+        `Overloaded`. The decoding is the request's ``decode`` span.
         """
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._decode_slots.acquire(timeout=timeout):
@@ -93,9 +102,15 @@ class ServingEngine(Generic[M, T, R]):
                 "retry shortly"
             )
         try:
-            yield
+            with self.telemetry.decoding():
+                yield
         finally:
             self._decode_slots.release()
+
+    def answered(self, name: str, version: str, decode_ms: float, batched: Batched[Any]) -> Answered:
+        """The `Answered` of a request that ``batched`` answered; records its stage metrics and spans."""
+        self.telemetry.observe(name, version, decode_ms, batched)
+        return Answered.of(name, version, decode_ms, batched)
 
     @staticmethod
     def deadline_after(timeout: float | None) -> float | None:

@@ -80,8 +80,10 @@ class ModelRegistry(Generic[M]):
         task: str = "classification",
         preferred_default: str = PREFERRED_DEFAULT,
         empty_message: str = EMPTY_STORE_MESSAGE,
+        on_load_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
+        self._on_load_failure = on_load_failure
         self._owners = ModelOwners(store.root)
         self._loader = loader
         self._default = default_model
@@ -226,6 +228,8 @@ class ModelRegistry(Generic[M]):
         log.error("%s", why, exc_info=exc)
         with self._lock:
             self._failed[stored.key] = why
+        if self._on_load_failure is not None:
+            self._on_load_failure(stored.name, stored.version)
         return why
 
     def _check(self, name: str, version: str) -> None:
