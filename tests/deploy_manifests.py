@@ -55,6 +55,14 @@ class Service:
     def is_grpc(self) -> bool:
         return self.name != "gateway"
 
+    @property
+    def metrics_port(self) -> int:
+        """GET /metrics (Prometheus, plain HTTP): the port every deployment gives the process."""
+        return METRICS_PORTS[self.name]
+
+
+METRICS_PORTS = {"gateway": 9100, "classifier": 9101, "explain": 9102, "detector": 9103, "trainer": 9104}
+
 
 SERVICES = (
     Service(
@@ -137,6 +145,10 @@ def default_port(service: Service) -> int:
     return int(settings_class(service).model_fields["port"].default)
 
 
+def default_metrics_port(service: Service) -> int:
+    return int(settings_class(service).model_fields["metrics_port"].default)
+
+
 # -- the tools --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tools:
@@ -207,6 +219,9 @@ class Render:
     ingress: bool = False
     tls: bool = False  # mutual TLS between the services (cert-manager Certificates)
     jwt: bool = False  # JWT/OIDC at the gateway, beside API keys
+    monitoring: bool = False  # the Prometheus Operator's objects: ServiceMonitors, alerts, Grafana dashboard
+    keda: bool = False  # KEDA ScaledObjects instead of the inference services' HorizontalPodAutoscalers
+    prometheus_namespace: str = "monitoring"  # the only namespace that may scrape the metrics ports
 
     def __str__(self) -> str:
         return self.id
@@ -225,18 +240,45 @@ RENDERS = (
     ),
     Render("kustomize-gpu-mtls", "kustomize", ("overlays/gpu", "components/mtls"), gpu=True, tls=True),
     Render(
+        "kustomize-gpu-monitoring",
+        "kustomize",
+        ("overlays/gpu", "components/monitoring"),
+        gpu=True,
+        monitoring=True,
+    ),
+    Render(
         "kustomize-cpu-all",
         "kustomize",
-        ("overlays/cpu", "components/ingress", "components/mtls", "components/oidc"),
+        (
+            "overlays/cpu",
+            "components/ingress",
+            "components/mtls",
+            "components/oidc",
+            "components/monitoring",
+            "components/keda",
+        ),
         gpu=False,
         ingress=True,
         tls=True,
         jwt=True,
+        monitoring=True,
+        keda=True,
     ),
     Render("helm-default", "helm", (), gpu=True),
     Render("helm-cpu", "helm", ("values-cpu.yaml",), gpu=False),
     Render("helm-tls", "helm", ("ci/tls-values.yaml",), gpu=True, tls=True),
-    Render("helm-full", "helm", ("ci/full-values.yaml",), gpu=True, ingress=True, tls=True, jwt=True),
+    Render("helm-monitoring", "helm", ("ci/monitoring-values.yaml",), gpu=True, monitoring=True),
+    Render(
+        "helm-full",
+        "helm",
+        ("ci/full-values.yaml",),
+        gpu=True,
+        ingress=True,
+        tls=True,
+        jwt=True,
+        monitoring=True,
+        prometheus_namespace="observability",
+    ),
     Render(
         "helm-minimal",
         "helm",
@@ -253,6 +295,7 @@ HELM_VALUES = (
     (),
     ("values-cpu.yaml",),
     ("ci/tls-values.yaml",),
+    ("ci/monitoring-values.yaml",),
     ("ci/full-values.yaml",),
     ("ci/minimal-values.yaml",),
 )
@@ -373,6 +416,22 @@ class Manifest:
             assert "value" in var, f"{self.render}: {var['name']} should be a plain value"
             values[var["name"]] = var["value"]
         return values
+
+    def policy_rules(self, component: str, kind: str) -> list[tuple[Obj, list[Obj]]]:
+        """(rule, peers) of every NetworkPolicy rule that admits traffic to (Ingress) or from (Egress) the
+        component's pods."""
+        labels = self.deployment(component)["spec"]["template"]["metadata"]["labels"]
+        key, peers = ("ingress", "from") if kind == "Ingress" else ("egress", "to")
+        return [
+            (rule, rule.get(peers, []))
+            for p in self.of_kind("NetworkPolicy")
+            if kind in p["spec"].get("policyTypes", ["Ingress"]) and selects(p["spec"]["podSelector"], labels)
+            for rule in p["spec"].get(key, [])
+        ]
+
+    def services_selected(self, selector: Mapping[str, Any]) -> list[Obj]:
+        """The Services whose own labels a label selector picks (what a ServiceMonitor scrapes)."""
+        return [s for s in self.of_kind("Service") if selects(selector, s["metadata"].get("labels", {}))]
 
     def selected_components(self, selector: Mapping[str, Any]) -> set[str]:
         """The components whose pods a label selector picks (a LabelSelector, or a Service's plain map)."""

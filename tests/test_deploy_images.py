@@ -22,7 +22,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy_manifests import REPO, SERVICES, Service, default_port
+from tests.deploy_manifests import REPO, SERVICES, Service, default_metrics_port, default_port
 
 DOCKER = REPO / "deploy" / "docker"
 FIRST_PARTY = ("vision", *(s.package for s in SERVICES))
@@ -313,12 +313,12 @@ def test_image_wheel_carries_every_file_of_its_packages(service: Service, wheel_
 
 
 @parametrize_services
-def test_image_listens_on_all_interfaces_and_exposes_the_services_port(service: Service) -> None:
+def test_image_listens_on_all_interfaces_and_exposes_the_service_and_metrics_ports(service: Service) -> None:
     runtime = final_stage(dockerfile(service))
     env = " ".join(i.args for i in runtime if i.keyword == "ENV")
     assert f"{service.env_prefix}HOST=0.0.0.0" in env
     exposed = [int(p.split("/")[0]) for i in runtime if i.keyword == "EXPOSE" for p in i.args.split()]
-    assert exposed == [default_port(service)]
+    assert exposed == [default_port(service), default_metrics_port(service)]
 
 
 def build_args(service: Service) -> dict[str, str]:

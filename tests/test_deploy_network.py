@@ -33,12 +33,7 @@ def _policies(manifest: Manifest, component: str, kind: str) -> list[Obj]:
 
 def _peers(manifest: Manifest, component: str, kind: str) -> list[tuple[Obj, list[Obj]]]:
     """(rule, peers) of every rule that admits traffic to (Ingress) or from (Egress) the component."""
-    key, peers = ("ingress", "from") if kind == "Ingress" else ("egress", "to")
-    return [
-        (rule, rule.get(peers, []))
-        for p in _policies(manifest, component, kind)
-        for rule in p["spec"].get(key, [])
-    ]
+    return manifest.policy_rules(component, kind)
 
 
 @pytest.mark.parametrize("render", POLICY_RENDERS, ids=str)
@@ -59,6 +54,8 @@ def test_only_the_gateway_reaches_the_grpc_services(render: Render) -> None:
             ports = [container_port(manifest.container(component), p["port"]) for p in rule["ports"]]
             if render.tls and ports == [container_port(manifest.container(component), "health")]:
                 continue  # the plaintext health-only port, for the kubelet's probes (test_deploy_security.py)
+            if ports == [container_port(manifest.container(component), "metrics")]:
+                continue  # Prometheus, from its namespace alone (tests/test_deploy_metrics.py)
             assert peers, f"{component} admits everyone: {rule}"
             for peer in peers:
                 assert set(peer) == {"podSelector"}, f"{component} admits {peer}"
@@ -123,11 +120,16 @@ def test_kaggle_credentials_are_mounted_into_the_trainer_only(render: Render) ->
 def test_gateway_and_inference_services_autoscale_and_have_disruption_budgets(render: Render) -> None:
     manifest = rendered(render)
     scaled = {"gateway"} | {s.name for s in GRPC_SERVICES if s.inference}
+    # With KEDA, its ScaledObjects scale the inference services (and make their HPAs); the gateway keeps its.
+    by_keda = scaled - {"gateway"} if render.keda else set()
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in manifest.of_kind("HorizontalPodAutoscaler")}
-    assert set(hpas) == {render.name_of(c) for c in scaled}
+    assert set(hpas) == {render.name_of(c) for c in scaled - by_keda}
+    scaled_objects = {s["spec"]["scaleTargetRef"]["name"]: s for s in manifest.of_kind("ScaledObject")}
+    assert set(scaled_objects) == {render.name_of(c) for c in by_keda}
     for component in scaled:
         deployment = manifest.deployment(component)
-        assert hpas[deployment["metadata"]["name"]]["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        scaler = {**hpas, **scaled_objects}[deployment["metadata"]["name"]]
+        assert scaler["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
         assert "replicas" not in deployment["spec"], f"{component}: the autoscaler owns the replica count"
     budgets = [
         manifest.selected_components(p["spec"]["selector"]) for p in manifest.of_kind("PodDisruptionBudget")

@@ -179,8 +179,7 @@ def test_each_grpc_service_has_a_cluster_ip_service_with_a_port_named_grpc(rende
         assert service is not None, component
         assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
         assert manifest.selected_components(service["spec"]["selector"]) == {component}
-        (port,) = service["spec"]["ports"]
-        assert port["name"] == "grpc"
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
         assert container_port(manifest.container(component), port["targetPort"]) == port["port"]
 
 
@@ -210,7 +209,7 @@ def test_gateway_service_and_ingress_reach_the_http_port(render: Render) -> None
     manifest = rendered(render)
     service = manifest.named("Service", render.name_of("gateway"))
     assert service is not None
-    (port,) = service["spec"]["ports"]
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
     assert container_port(manifest.container("gateway"), port["targetPort"]) == 8000
     for ingress in manifest.of_kind("Ingress"):
         for rule in ingress["spec"]["rules"]:

@@ -79,7 +79,8 @@ def test_every_enabled_service_has_its_deployment_service_and_config(render: Ren
 
 # cert-manager's CRDs are not among kubernetes-validate's schemas: tests/test_deploy_security.py checks the
 # fields the manifests give its objects instead.
-CRD_GROUPS = ("cert-manager.io",)
+# Nor are the Prometheus Operator's and KEDA's: tests/test_deploy_monitoring.py checks theirs.
+CRD_GROUPS = ("cert-manager.io", "monitoring.coreos.com", "keda.sh")
 
 
 def _has_schema(obj: Obj) -> bool:
@@ -162,8 +163,9 @@ TWINS = [
     (RENDER["kustomize-gpu"], RENDER["helm-default"]),
     (RENDER["kustomize-cpu"], RENDER["helm-cpu"]),
     (RENDER["kustomize-gpu-mtls"], RENDER["helm-tls"]),
+    (RENDER["kustomize-gpu-monitoring"], RENDER["helm-monitoring"]),
 ]
-TWIN_IDS = ["gpu", "cpu", "mtls"]
+TWIN_IDS = ["gpu", "cpu", "mtls", "monitoring"]
 
 
 @pytest.mark.parametrize(("kustomize", "helm"), TWINS, ids=TWIN_IDS)
@@ -172,7 +174,9 @@ def test_kustomize_and_helm_deploy_the_same_pods(kustomize: Render, helm: Render
     assert _pod_shape(kustomize, service.name) == _pod_shape(helm, service.name)
 
 
-@pytest.mark.parametrize(("kustomize", "helm"), [TWINS[0], TWINS[2]], ids=["gpu", "mtls"])
+@pytest.mark.parametrize(
+    ("kustomize", "helm"), [TWINS[0], TWINS[2], TWINS[3]], ids=["gpu", "mtls", "monitoring"]
+)
 def test_kustomize_and_helm_render_the_same_objects(kustomize: Render, helm: Render) -> None:
     def names(render: Render) -> set[tuple[str, str]]:
         hashed = render.tool == "kustomize"  # generated ConfigMaps end in a content hash

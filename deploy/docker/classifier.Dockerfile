@@ -54,5 +54,5 @@ ENV PATH=/opt/venv/bin:$PATH \
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
 WORKDIR /home/vision
-EXPOSE 50051
+EXPOSE 50051 9101
 ENTRYPOINT ["python", "-m", "classifier_svc"]

@@ -59,5 +59,5 @@ ENV PATH=/opt/venv/bin:$PATH \
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
 WORKDIR /home/vision
-EXPOSE 50053
+EXPOSE 50053 9103
 ENTRYPOINT ["python", "-m", "detector_svc"]

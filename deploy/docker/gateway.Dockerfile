@@ -38,5 +38,5 @@ ENV PATH=/opt/venv/bin:$PATH \
     VISION_GATEWAY_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /home/vision
-EXPOSE 8000
+EXPOSE 8000 9100
 ENTRYPOINT ["python", "-m", "gateway"]

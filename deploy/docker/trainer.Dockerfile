@@ -50,5 +50,5 @@ ENV PATH=/opt/venv/bin:$PATH \
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
 WORKDIR /home/vision
-EXPOSE 50054
+EXPOSE 50054 9104
 ENTRYPOINT ["python", "-m", "trainer_svc"]

@@ -10,17 +10,18 @@
 {{- end -}}
 
 {{/* The four gRPC services, with what the chart fixes about them: ports as in the README (healthPort: the
-     plaintext grpc.health.v1 port for the kubelet's probes, with tls.enabled only); stopSeconds is
-     how long the service may take after draining (unloading models; the trainer also stops its job's
-     worker process, up to 25 s). */}}
+     plaintext grpc.health.v1 port for the kubelet's probes, with tls.enabled only; metricsPort: GET /metrics,
+     plain HTTP, for Prometheus); stopSeconds is how long the service may take after draining (unloading
+     models; the trainer also stops its job's worker process, up to 25 s). */}}
 {{- define "vision.grpcServices" -}}
-classifier: {port: 50051, healthPort: 50061, prefix: VISION_CLASSIFIER_, stopSeconds: 15}
-explain: {port: 50052, healthPort: 50062, prefix: VISION_EXPLAIN_, stopSeconds: 15}
-detector: {port: 50053, healthPort: 50063, prefix: VISION_DETECTOR_, stopSeconds: 15}
-trainer: {port: 50054, healthPort: 50064, prefix: VISION_TRAINER_, stopSeconds: 35}
+classifier: {port: 50051, healthPort: 50061, metricsPort: 9101, prefix: VISION_CLASSIFIER_, stopSeconds: 15}
+explain: {port: 50052, healthPort: 50062, metricsPort: 9102, prefix: VISION_EXPLAIN_, stopSeconds: 15}
+detector: {port: 50053, healthPort: 50063, metricsPort: 9103, prefix: VISION_DETECTOR_, stopSeconds: 15}
+trainer: {port: 50054, healthPort: 50064, metricsPort: 9104, prefix: VISION_TRAINER_, stopSeconds: 35}
 {{- end -}}
 
 {{- define "vision.gatewayPort" -}}8000{{- end -}}
+{{- define "vision.gatewayMetricsPort" -}}9100{{- end -}}
 
 {{/* Selector labels of one component: (dict "root" $ "component" "classifier") */}}
 {{- define "vision.selectorLabels" -}}
@@ -108,6 +109,7 @@ group: cert-manager.io
 {{- end -}}
 {{- $_ := set $env (printf "%sHOST" $p) "0.0.0.0" -}}
 {{- $_ := set $env (printf "%sPORT" $p) (toString $facts.port) -}}
+{{- $_ := set $env (printf "%sMETRICS_PORT" $p) (toString $facts.metricsPort) -}}
 {{- $_ := set $env (printf "%sSHUTDOWN_DELAY_SECONDS" $p) (include "vision.envValue" $svc.shutdown.delaySeconds) -}}
 {{- $_ := set $env (printf "%sGRACE_SECONDS" $p) (include "vision.envValue" $svc.shutdown.graceSeconds) -}}
 {{- $_ := set $env "VISION_MODEL_DIR" "/models" -}}
@@ -151,6 +153,7 @@ group: cert-manager.io
 {{- end -}}
 {{- $_ := set $env "VISION_GATEWAY_HOST" "0.0.0.0" -}}
 {{- $_ := set $env "VISION_GATEWAY_PORT" (include "vision.gatewayPort" .) -}}
+{{- $_ := set $env "VISION_GATEWAY_METRICS_PORT" (include "vision.gatewayMetricsPort" .) -}}
 {{- range $name, $facts := include "vision.grpcServices" . | fromYaml -}}
 {{- if (index $root.Values $name).enabled -}}
 {{- $addr := printf "%s-%s:%v" (include "vision.fullname" $root) $name $facts.port -}}
