@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
+from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vision.telemetry.context import REQUEST_ID_HEADER, accept_request_id, request_context
@@ -84,6 +86,30 @@ def record_refusal(status: int, reason: str) -> None:
         metrics.auth_rejections.labels(reason).inc()
 
 
+def _route_template(scope: Scope) -> str:
+    """The template of the route the request went to, or would have gone to had it not been refused before
+    routing (401, 403, 429 are answered by middleware); "unmatched" for no route."""
+    route = scope.get("route")
+    if route is None:
+        route = _matching(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
+    return str(getattr(route, "path", "unmatched"))
+
+
+def _matching(routes: Any, scope: Scope) -> Any:
+    """The route of ``routes`` that takes ``scope``, looking into included routers (FastAPI wraps them)."""
+    for candidate in routes:
+        if candidate.matches(scope)[0] != Match.FULL:
+            continue
+        if isinstance(getattr(candidate, "path", None), str):
+            return candidate
+        nested = getattr(candidate, "routes", None) or getattr(
+            getattr(candidate, "original_router", None), "routes", None
+        )
+        if nested:
+            return _matching(nested, scope)
+    return None
+
+
 class TelemetryMiddleware:
     """The request id, and the request metrics (counted under the route's template once it is known)."""
 
@@ -116,6 +142,6 @@ class TelemetryMiddleware:
         finally:
             _current.reset(token)
             self.metrics.in_flight.dec()
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = _route_template(scope)
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
