@@ -61,7 +61,7 @@ EXPORTED: dict[str, tuple[str, ...]] = {
     "vision_trainer_jobs": ("state",),
     "vision_trainer_jobs_finished_total": ("state",),
     **_histogram("vision_trainer_epoch_seconds", ()),
-    "vision_trainer_train_images_total": (),
+    **_histogram("vision_trainer_images_per_second", ()),
     "vision_trainer_upload_bytes_total": (),
     # the gateway
     "vision_gateway_requests_total": ("route", "method", "status"),
