@@ -14,34 +14,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import GatewaySettings
 from gateway.main import create_app
 from tests.conftest import LiveServer, publish_random_model, start_classifier
 from tests.reliability.mesh import free_port, wait_until
+from tests.support.prometheus import scrape, value
 from vision.logs import JsonFormatter
 from vision.models.store import ModelStore
 from vision.security.keys import create_key
 from vision.security.roles import Role
 from vision.security.settings import AuthSettings
 from vision.telemetry.context import LogContextFilter
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(port: int) -> Samples:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, got), v in samples.items() if n == name and wanted <= got)
 
 
 @dataclass

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from detector_svc.checkpoints import import_yolo_checkpoint
 from tests.conftest import publish_random_model
@@ -23,6 +22,8 @@ from tests.reliability.mesh import VisionRun, free_port, wait_until
 from tests.support.detector import make_yolo_checkpoint
 from tests.support.digits import digit_images
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
+from tests.support.prometheus import Samples, scrape
+from tests.support.prometheus import value as sample
 from vision.models.store import ModelStore
 
 SERVER, CLIENT = 2, 3  # OTLP span kinds
@@ -37,19 +38,8 @@ class System:
     metrics_ports: dict[str, int]
     client: httpx.Client
 
-    def scrape(self, service: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_ports[service]}/metrics", timeout=10).text
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-
-def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """The sum of the samples named ``name`` whose labels include ``labels`` (0 when there are none)."""
-    wanted = set(labels.items())
-    return sum(value for (n, got), value in samples.items() if n == name and wanted <= got)
+    def scrape(self, service: str) -> Samples:
+        return scrape(self.metrics_ports[service])
 
 
 @pytest.fixture(scope="module")
