@@ -242,6 +242,7 @@ def test_unreachable_classifier_answers_503_while_liveness_stays_ok() -> None:
         assert response.json()["error"] == {
             "code": "unavailable",
             "message": "the classifier service is unavailable; try again shortly",
+            "request_id": response.headers["X-Request-ID"],
         }
     assert health.status_code == 503
     assert health.json() == {"status": "degraded", "services": {"classifier": "UNAVAILABLE"}}
