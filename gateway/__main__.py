@@ -19,7 +19,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(1, round(settings.drain_s)),
         server_header=False,
     )
 

@@ -54,6 +54,7 @@ class Backends:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.enable_retries", 1),
+            ("grpc.lb_policy_name", settings.lb_policy),
         ]
         # With tracing on: a client span per call, and its traceparent in the call's metadata.
         traced = grpc_aio_client_interceptors()
@@ -63,7 +64,8 @@ class Backends:
         }
         upload = None
         if settings.trainer_addr:
-            upload = traced_channel(open_channel(settings.trainer_addr, tls, UPLOAD_CHANNEL_OPTIONS))
+            upload_options = [*UPLOAD_CHANNEL_OPTIONS, ("grpc.lb_policy_name", settings.lb_policy)]
+            upload = traced_channel(open_channel(settings.trainer_addr, tls, upload_options))
         return cls(
             settings,
             channels,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,10 +29,22 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(
         9100, ge=0, le=65535, description="Port of GET /metrics (Prometheus), never the public one; 0: off."
     )
-    classifier_addr: str = Field("127.0.0.1:50051", description="classifier_svc gRPC address (required).")
-    explain_addr: str = Field("", description="explain_svc gRPC address; empty: not deployed.")
-    detector_addr: str = Field("", description="detector_svc gRPC address; empty: not deployed.")
-    trainer_addr: str = Field("", description="trainer_svc gRPC address; empty: not deployed.")
+    # Any gRPC target: host:port, dns:///name:port (every address of a headless Service), or a list
+    # ipv4:10.0.0.1:50051,10.0.0.2:50051. Calls are spread over the addresses by lb_policy.
+    classifier_addr: str = Field("127.0.0.1:50051", description="classifier_svc gRPC target (required).")
+    explain_addr: str = Field("", description="explain_svc gRPC target; empty: not deployed.")
+    detector_addr: str = Field("", description="detector_svc gRPC target; empty: not deployed.")
+    trainer_addr: str = Field("", description="trainer_svc gRPC target; empty: not deployed.")
+    lb_policy: Literal["round_robin", "pick_first"] = Field(
+        "round_robin",
+        description="How calls are spread over a target's addresses: round_robin (each call to the next "
+        "ready one) or pick_first (one connection).",
+    )
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, how long requests in progress get to finish before the gateway stops.",
+    )
     timeout_s: float = Field(30.0, gt=0, description="Deadline of each gRPC call.")
     health_timeout_s: float = Field(2.0, gt=0, description="Deadline of each downstream health check.")
     cors_origins: list[str] = Field(
@@ -80,7 +94,7 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _required(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("VISION_GATEWAY_CLASSIFIER_ADDR is required (host:port of classifier_svc)")
+            raise ValueError("VISION_GATEWAY_CLASSIFIER_ADDR is required (the gRPC target of classifier_svc)")
         return value
 
     @property

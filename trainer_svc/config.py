@@ -20,6 +20,9 @@ class TrainerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_TRAINER_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50054, ge=0, le=65535, description="gRPC port (0: any free port).")
+    max_connection_age_grace_s: float = Field(
+        3600.0, ge=0, description="Calls on a connection past its age get this long to finish (uploads)."
+    )
     metrics_port: int = Field(9104, ge=0, le=65535, description="Port of GET /metrics (Prometheus); 0: off.")
     data_dir: Path = shared(
         "VISION_DATA_DIR", Path("var/data"), "Job database, uploaded datasets and checkpoints live here."

@@ -9,6 +9,7 @@ import grpc
 from trainer_svc.config import TrainerSettings
 from trainer_svc.jobs.manager import JobManager
 from trainer_svc.servicer import TrainerServicer
+from vision.models.store import ModelStore
 from vision.rpc.server import GrpcServer, create_server
 from vision.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -22,6 +23,7 @@ def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobMan
 
     Call ``manager.close()`` after stopping the server: running jobs are stopped and resume on next start.
     """
+    ModelStore(settings.model_dir).check_writable()  # before anything: jobs would fail only at publishing
     manager = JobManager(settings)
 
     def register(server: grpc.Server) -> tuple[str, ...]:
@@ -40,6 +42,8 @@ def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobMan
             metrics_registry=manager.metrics_registry,
             metrics_port=settings.metrics_port,
             metrics_setting=settings.metrics_port_setting,
+            max_connection_age_s=settings.max_connection_age_s,
+            max_connection_age_grace_s=settings.max_connection_age_grace_s,
         )
     except BaseException:
         manager.close()

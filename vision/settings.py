@@ -6,6 +6,7 @@ service shares (model store, log format, image limits) have fixed names without 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,9 +21,35 @@ MESSAGE_OVERHEAD_BYTES = 1 * 1024 * 1024
 
 
 def cpu_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, where the platform has one)."""
+    """CPU cores this process may use: its affinity mask (where the platform has one), capped by the
+    container's CPU limit (the cgroup's CPU quota, rounded up), so that thread pools sized from it do not
+    oversubscribe a pod limited to fewer cores than its node has."""
     affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path | None = None) -> float | None:
+    """The CPU limit of this process's cgroup in cores (cgroup v2 ``cpu.max``, else v1's CFS quota and
+    period); None when there is none or it cannot be read."""
+    root = root if root is not None else CGROUP_ROOT
+    try:
+        quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+        if quota != "max":
+            return int(quota) / int(period or 100_000)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def _split_commas(value: object) -> object:
@@ -113,6 +140,15 @@ class ServiceSettings(StoreSettings):
         le=65535,
         description="Port of GET /metrics (Prometheus, plain HTTP) on the same host; 0: off.",
     )
+    max_connection_age_s: float = Field(
+        60.0,
+        ge=0,
+        description="A client connection is closed (GOAWAY) after this long, so clients resolve the service "
+        "again and new replicas get traffic; 0: never.",
+    )
+    max_connection_age_grace_s: float = Field(
+        300.0, ge=0, description="Calls still running on such a connection get this long to finish."
+    )
     max_workers: int = Field(32, ge=1, description="gRPC handler threads.")
     max_concurrent_rpcs: int = Field(
         0,
@@ -160,6 +196,11 @@ class ModelServiceSettings(ServiceSettings):
 
     default_model: str = Field(
         "", description="Model used when a request names none; empty: the service's preferred, else newest."
+    )
+    torch_threads: int = shared(
+        "VISION_TORCH_THREADS",
+        0,
+        "torch intra-op threads of a model service; 0: the cores it may use (the container's CPU limit).",
     )
     max_batch_size: int = Field(16, ge=1, le=512, description="Most requests in one forward pass.")
     max_batch_delay_ms: float = Field(4.0, ge=0, le=1000, description="Longest wait to fill a batch.")

@@ -179,6 +179,27 @@ class ModelStore:
         if self.keep_versions < 0:
             raise ValueError(f"keep_versions must be >= 0, not {self.keep_versions}")
 
+    def check_writable(self) -> None:
+        """Fail with what to fix when this process cannot create files in the store (the trainer publishes
+        there): typically a volume owned by another uid/gid than the pod's (README, Deploy: the store)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-check-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            try:
+                owner = self.root.stat()
+                owned = f"owned by uid {owner.st_uid} gid {owner.st_gid}, mode {owner.st_mode & 0o7777:o}"
+            except OSError:
+                owned = "not readable either"
+            raise RuntimeError(
+                f"the model store {self.root} is not writable by this process (uid {os.getuid()}, gid "
+                f"{os.getgid()}): {exc.strerror or exc}; it is {owned}. Give the volume to that uid/gid (an "
+                "fsGroup, an NFS export or EFS access point with that uid, Azure Files mount options "
+                "uid=/gid=; README, Deploy: the model store)"
+            ) from exc
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []

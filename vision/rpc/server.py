@@ -102,6 +102,8 @@ def create_server(
     metrics_registry: CollectorRegistry | None = None,
     metrics_port: int = 0,
     metrics_setting: str = "metrics port",
+    max_connection_age_s: float = 0.0,
+    max_connection_age_grace_s: float = 0.0,
 ) -> GrpcServer:
     """Build and start a server on ``address`` ("host:0" picks a free port, returned as ``port``).
 
@@ -113,6 +115,9 @@ def create_server(
     The port speaks what ``tls`` says (None: ``VISION_TLS_*`` from the environment; see
     `vision.security.tls.server_credentials`). ``health_port`` (0: none) is a second, plaintext port on the
     same host serving only grpc.health.v1 from the same health servicer, for probes that cannot speak TLS.
+    ``max_connection_age_s`` (0: none) closes each client connection that old with a GOAWAY once its calls
+    have had ``max_connection_age_grace_s`` to finish: clients then connect again, resolving the service's
+    name anew, so replicas added behind a headless Service get their share of the traffic.
     ``metrics_registry`` (None: a new one) gets the server's call metrics; it is served at ``/metrics`` on
     ``metrics_port`` of the same host (0: not served; ``metrics_setting`` names it in errors).
     Bad TLS files and ports that cannot be bound fail here, before anything is served.
@@ -124,6 +129,11 @@ def create_server(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max_connection_age_grace_s * 1000)),
+        ]
     limit = min(max_concurrent_rpcs or max_workers, max_workers)
     calls = CountingExecutor(max_workers, thread_name_prefix="grpc-call")
     admission = AdmissionInterceptor(

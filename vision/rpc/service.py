@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import torch
 
 from vision.logs import configure_logging
 from vision.rpc.catalog import add_model_catalog
 from vision.rpc.server import GrpcServer, create_server, serve_until_signalled
 from vision.serving.engine import ServingEngine
-from vision.settings import ModelServiceSettings
+from vision.settings import ModelServiceSettings, cpu_cores
 from vision.telemetry.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def start_model_service(
         metrics_registry=engine.metrics_registry,
         metrics_port=settings.metrics_port,
         metrics_setting=settings.metrics_port_setting,
+        max_connection_age_s=settings.max_connection_age_s,
+        max_connection_age_grace_s=settings.max_connection_age_grace_s,
     )
     log.info(
         "%s listening on %s:%d (%s, device %s)",
@@ -127,6 +130,9 @@ def run_model_service(
     """A service's ``__main__``: configure logging, start, serve until SIGTERM/SIGINT, drain, close."""
     return_freed_memory_promptly()
     configure_logging(settings.log_level, settings.log_json, service=spec.name)
+    threads = settings.torch_threads or cpu_cores()
+    torch.set_num_threads(threads)  # torch's default is the node's cores, not the container's limit
+    log.info("%s: %d torch threads", spec.name, threads)
     configure_tracing(f"vision-{spec.name}")
     server, engine = create(settings)
     serve_until_signalled(
