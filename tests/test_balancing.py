@@ -100,3 +100,17 @@ def test_three_replicas_share_the_calls_and_two_carry_on_when_one_stops(
         assert after_stop == [200] * 60
         gained = [classified(replica) - was for replica, was in zip(others, before, strict=True)]
         assert sum(gained) == 60 and min(gained) >= 12, gained  # both remaining replicas take calls
+
+
+def test_a_dns_target_is_resolved_by_the_gateway(
+    replicas: list[tuple[subprocess.Popen[bytes], int, int]], bus_jpeg: bytes
+) -> None:
+    """``dns:///name:port``, as for a headless Service: every address of the name is a backend."""
+    alive = [replica for replica in replicas if replica[0].poll() is None]
+    _, port, _ = alive[0]
+    settings = GatewaySettings(classifier_addr=f"dns:///localhost:{port}")
+    with LiveServer(create_app(settings)) as live:
+        reply = httpx.post(
+            f"{live.url}/predict", files={"file": ("bus.jpg", bus_jpeg, "image/jpeg")}, timeout=30
+        )
+    assert reply.status_code == 200, reply.text
