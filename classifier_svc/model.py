@@ -11,9 +11,10 @@ import torch
 
 from classifier_svc.config import ClassifierSettings
 from vision.image.decode import decode_image
-from vision.models.store import ModelVersion
+from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
 from vision.serving.engine import Answered, ServingEngine
+from vision.serving.runtimes import RuntimeOptions
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,12 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tenso
     name = "classifier"
     settings: ClassifierSettings
 
+    def __init__(self, store: ModelStore, settings: ClassifierSettings) -> None:
+        super().__init__(store, settings)
+        self.runtime = RuntimeOptions.from_settings(settings, self.device)
+
     def load(self, version: ModelVersion) -> LoadedClassifier:
-        return load_for_serving(version, self.device, self.settings.half)
+        return load_for_serving(version, self.device, self.settings.half, runtime=self.runtime)
 
     def run_batch(self, key: Hashable, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         assert isinstance(key, LoadedClassifier)

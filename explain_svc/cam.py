@@ -7,7 +7,9 @@ the input size and min-max normalised to [0, 1]; the methods differ only in the 
 
 At the last conv block of a global-average-pooling + linear head, those gradients are known without a
 backward pass: d logit_t / d A_c[i, j] = W_fc[t, c] / (h * w). There Grad-CAM is CAM and all three methods
-cost one forward pass. Other layers run a real backward pass, with gradients enabled from that layer on only.
+cost one forward pass, which a converted runtime (OpenVINO, onnxruntime) can run: its export returns the
+logits and that block's output. Other layers run a real backward pass, with gradients enabled from that layer
+on only.
 
 Each call registers its own forward hook and removes it before returning: nothing is shared between calls.
 """
@@ -23,6 +25,7 @@ from torch import nn
 
 from vision.choices import CAM_METHODS, FINAL_CONV_LAYER
 from vision.errors import InvalidArgument
+from vision.serving.runtimes import Runner
 
 EPS = 1e-7
 
@@ -133,11 +136,14 @@ def explain_batch(
     targets: Sequence[int | None],
     *,
     force_backward: bool = False,
+    runner: Runner | None = None,
 ) -> list[CamResult]:
     """Heatmaps for a batch (N, 3, H, W) on the model's device; ``targets[i]`` None means the predicted class.
 
     Results are on the CPU. ``force_backward`` computes the final-layer case with a real backward pass too
-    (for tests: it must give the same maps as the closed form).
+    (for tests: it must give the same maps as the closed form). ``runner`` (a converted model returning the
+    logits and the last block's output) runs the final-layer case instead of ``model``'s forward pass;
+    other layers always run ``model`` forward and backward.
     """
     name, module = resolve_layer(model, architecture, layer)  # the request was checked before it queued
     analytic = name == FINAL_CONV_LAYER[architecture] and not force_backward
@@ -154,17 +160,17 @@ def explain_batch(
         captured.append(leaf)
         return leaf.clone()
 
+    if analytic and runner is not None:
+        with torch.inference_mode():
+            logits, activations = runner(batch)
+            return _closed_form(model, method, logits, activations, targets, batch.shape[-2:])
     handle = module.register_forward_hook(hook)
     try:
         if analytic:
             with torch.inference_mode():
                 logits = model(batch).float()
-                chosen = _choose_targets(logits, targets)
                 activations = captured[-1].float()
-                h, w = activations.shape[-2:]
-                fc_weight = linear_head(model).weight.float()
-                gradients = (fc_weight[chosen] / (h * w))[:, :, None, None].expand_as(activations)
-                return _finish(method, activations, gradients, logits, chosen, batch.shape[-2:])
+                return _closed_form(model, method, logits, activations, targets, batch.shape[-2:])
         with torch.enable_grad():
             logits = model(batch).float()
             chosen = _choose_targets(logits, targets)
@@ -182,6 +188,23 @@ def explain_batch(
             )
     finally:
         handle.remove()
+
+
+def _closed_form(
+    model: nn.Module,
+    method: CamMethod,
+    logits: torch.Tensor,
+    activations: torch.Tensor,
+    targets: Sequence[int | None],
+    size: torch.Size,
+) -> list[CamResult]:
+    """Final-layer maps from the logits and the last block's activations: d logit_t / d A = W_fc[t] / hw."""
+    logits, activations = logits.float(), activations.float()
+    chosen = _choose_targets(logits, targets)
+    h, w = activations.shape[-2:]
+    fc_weight = linear_head(model).weight.float().to(activations.device)
+    gradients = (fc_weight[chosen] / (h * w))[:, :, None, None].expand_as(activations)
+    return _finish(method, activations, gradients, logits, chosen, size)
 
 
 def _choose_targets(logits: torch.Tensor, targets: Sequence[int | None]) -> torch.Tensor:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from vision.settings import ModelServiceSettings
+from vision.settings import ClassificationServiceSettings
 
 
-class ExplainSettings(ModelServiceSettings):
+class ExplainSettings(ClassificationServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_EXPLAIN_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: any free port).")

@@ -19,6 +19,7 @@ from vision.image.png import encode_png
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
 from vision.serving.engine import Answered, ServingEngine
+from vision.serving.runtimes import RuntimeOptions
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,11 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
     def __init__(self, store: ModelStore, settings: ExplainSettings) -> None:
         super().__init__(store, settings)
         self.max_overlay_side = settings.max_overlay_side
+        self.runtime = RuntimeOptions.from_settings(settings, self.device)
 
     def load(self, version: ModelVersion) -> LoadedClassifier:
         # float32 even on CUDA: gradients of half-precision activations lose the small weights.
-        return load_for_serving(version, self.device, half=False)
+        return load_for_serving(version, self.device, half=False, runtime=self.runtime)
 
     def run_batch(self, key: Hashable, items: Sequence[tuple[torch.Tensor, int | None]]) -> list[CamResult]:
         assert isinstance(key, tuple)
@@ -86,6 +88,7 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
             METHODS[method],
             batch,
             [target for _, target in items],
+            runner=model.runner,
         )
 
     def explain(

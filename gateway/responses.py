@@ -236,6 +236,13 @@ class ModelInfo(Body):
     source: str
     loaded: bool = Field(description="The service holds this version in memory, ready to serve.")
     load_error: str = Field(description="Why the service could not load this version; empty otherwise.")
+    runtime: str = Field(
+        "", description="What runs it while loaded: torch, openvino or onnxruntime; empty when not loaded."
+    )
+    precision: str = Field("", description="Its inference precision while loaded: fp32, bf16 or fp16.")
+    runtime_fallback: str = Field(
+        "", description="Why the configured runtime does not serve it (torch does); empty when it does."
+    )
 
     @classmethod
     def from_proto(cls, m: models_pb2.ModelVersionInfo) -> ModelInfo:
@@ -251,6 +258,9 @@ class ModelInfo(Body):
             source=m.source,
             loaded=m.loaded,
             load_error=m.load_error,
+            runtime=m.runtime,
+            precision=m.precision,
+            runtime_fallback=m.runtime_fallback,
         )
 
 

@@ -19,6 +19,10 @@ os.environ.setdefault("VISION_CLASSIFIER_METRICS_PORT", "0")
 os.environ.setdefault("VISION_EXPLAIN_METRICS_PORT", "0")
 os.environ.setdefault("VISION_DETECTOR_METRICS_PORT", "0")
 os.environ.setdefault("VISION_TRAINER_METRICS_PORT", "0")
+# Most tests are about the services, not the runtime: eager torch serves them (no export per fresh store). The
+# converted runtimes and the default (auto) are tested in tests/test_runtime*.py, which ask for them.
+os.environ.setdefault("VISION_CLASSIFIER_RUNTIME", "torch")
+os.environ.setdefault("VISION_EXPLAIN_RUNTIME", "torch")
 
 import grpc
 import httpx

@@ -57,6 +57,7 @@ FLOORS: dict[str, tuple[str, str]] = {
     "matplotlib": ("3.9", "no advisory"),
     "ultralytics": ("8.4.190", "past the compromised PyPI releases 8.3.41/42/45/46 (clean from 8.3.47)"),
     "onnxruntime": ("1.20", "no advisory"),
+    "openvino": ("2026.4", "no advisory; the release the CPU fast path was built and measured with"),
     "onnx": ("1.21", "CVE-2026-27489 (symlink traversal), CVE-2026-34445, CVE-2026-28500 fixed 1.21.0"),
     "kagglehub": ("0.3.12", "no advisory"),
     "scikit-learn": ("1.5", "CVE-2024-5206 (TfidfVectorizer stop_words_ token leak) fixed 1.5.0"),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -227,4 +228,32 @@ class ModelServiceSettings(ServiceSettings):
         ge=0,
         description="Memory budget of loaded models in MiB, estimated from their weights files (LRU; the "
         "default model stays); 0: no limit.",
+    )
+
+
+def default_runtime_cache_dir() -> Path:
+    """Where converted models are cached when the store is read-only: a per-user temp directory."""
+    return Path(tempfile.gettempdir()) / f"vision-runtime-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+class ClassificationServiceSettings(ModelServiceSettings):
+    """A model service serving stored classifiers (classifier, explain): which runtime runs them."""
+
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the forward pass: auto (OpenVINO on the CPU when installed, else onnxruntime, "
+        "else torch; torch on CUDA), torch, openvino or onnxruntime (CPU only).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Inference precision of openvino (fp32, bf16, fp16) and onnxruntime (fp32 only)."
+    )
+    runtime_cache_dir: Path = Field(
+        default_factory=default_runtime_cache_dir,
+        description="Where converted models are cached when the store's version directory is not writable.",
+    )
+    parity_tolerance: float = Field(
+        1e-3,
+        ge=0,
+        description="Largest |Δlogit| an fp32 converted model may differ from torch on the parity batch; "
+        "beyond it torch serves that version.",
     )

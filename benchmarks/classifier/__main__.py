@@ -7,7 +7,9 @@ Prints a markdown report (and with ``--json OUT`` writes the numbers):
   forward on preprocessed tensors at batch 1 and at the max batch size; decode + preprocess alone; decode +
   preprocess + forward at batch 1 in one thread; and the same with N threads, each on its own image (what a
   hand-rolled app would do: "bare at equal concurrency", measured before and after the services).
-* classifier_svc (``python -m classifier_svc`` subprocess by default) under N concurrent gRPC clients.
+* classifier_svc (``python -m classifier_svc`` subprocess by default) under N concurrent gRPC clients, on
+  its default runtime (auto: OpenVINO on the CPU), then once per ``--runtimes`` entry (runtime:precision),
+  each row with its parity figures against eager torch (max |Δlogit|, top-1 agreement on the photos).
 * gateway (``python -m gateway`` subprocess in front of it) under N concurrent HTTP clients (POST /predict).
 * the ratios service/bare and gateway/bare with their targets, and where the service's time goes (the
   ClassifyResponse.timing fields) and the CPU seconds each process used per request.
@@ -39,6 +41,13 @@ import torch
 
 from benchmarks.classifier.clients import bare_calls, classifier_service, grpc_calls, http_calls
 from benchmarks.classifier.report import print_report, ratio_rows
+from benchmarks.classifier.runtimes import (
+    CPU_DEFAULT_RUNTIME_TARGET,
+    DEFAULT_RUNTIMES,
+    QUICK_RUNTIMES,
+    runtime_rows,
+    runtime_table,
+)
 from benchmarks.harness.inputs import NUM_CLASSES, publish_random_model, test_images
 from benchmarks.harness.load import Call, Result, run_load, run_loop
 from benchmarks.harness.procs import gateway_service, thread_env
@@ -101,6 +110,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-gateway", action="store_true")
     parser.add_argument(
+        "--runtimes",
+        default=None,
+        metavar="R:P,...",
+        help="classifier_svc once per runtime:precision, each its own row with its parity figures (default "
+        f"{DEFAULT_RUNTIMES}; --quick: {QUICK_RUNTIMES}; empty: none)",
+    )
+    parser.add_argument(
         "--service-env",
         action="append",
         default=[],
@@ -115,6 +131,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.concurrency, args.seconds, args.requests = 2, 1.0, 0
         args.warmup_seconds, args.bare_seconds, args.max_batch_size = 0.5, 1.0, args.max_batch_size or 4
+    if args.runtimes is None:
+        args.runtimes = QUICK_RUNTIMES if args.quick else DEFAULT_RUNTIMES
     if args.concurrency < 1:
         parser.error("--concurrency must be >= 1")
     if any("=" not in item for item in args.service_env):
@@ -235,7 +253,8 @@ def service_rows(
             pids["classifier_svc"] = svc.pid
         calls, close = grpc_calls(svc.address, images, n)
         try:
-            results.append(load_phase(args, "S", f"classifier_svc, {n} gRPC clients", calls, pids))
+            label = f"classifier_svc, default runtime (auto), {n} gRPC clients"
+            results.append(load_phase(args, "S", label, calls, pids))
         finally:
             close()
         if args.skip_gateway:
@@ -306,16 +325,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = bare_rows(args, model, images)
         results.append(equal_concurrency(args, "D1", "before", model, images))
         results += service_rows(args, store, version.name, images, Path(tmp))
+        env = {**thread_env(args.threads), "YOLO_OFFLINE": "1"}
+        runtimes = runtime_rows(args, version, images, env, Path(tmp)) if device.type == "cpu" else []
         results.append(equal_concurrency(args, "D2", "after", model, images))
 
     by_key = {r.key: r for r in results}
     equal_conc = max(by_key["D1"].throughput, by_key["D2"].throughput)
     ratios = ratio_rows(by_key, equal_conc, device.type == "cuda")
     warning = print_report(results, ratios, args.concurrency)
+    if runtimes:
+        print("\n## Runtimes (classifier_svc, CPU)\n")
+        print(runtime_table(runtimes, equal_conc, by_key.get("S")))
+        print(
+            "\nParity: the runtime's logits vs eager torch's on the benchmark's photos, loaded as the "
+            "service loads it. x eager: images/s over bare eager torch at equal concurrency (D, best of "
+            "D1/D2); "
+            f"target for the default runtime: >= {CPU_DEFAULT_RUNTIME_TARGET:g}x."
+        )
     if args.json is not None:
         payload = json_payload(
             args, device, [name for name, _ in named], results, equal_conc, ratios, warning
         )
+        payload["runtimes"] = [row.summary() for row in runtimes]
         write_json(args.json, payload)
     return 0
 

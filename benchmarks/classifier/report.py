@@ -16,7 +16,8 @@ from benchmarks.harness.report import (
     results_table,
 )
 
-CPU_TARGETS = {"classifier_svc": 0.9, "gateway": 0.8}
+# classifier_svc on its default runtime (auto: OpenVINO on the CPU) vs the eager PyTorch app (issue 15).
+CPU_TARGETS = {"classifier_svc": 2.0, "gateway": 0.8}
 GPU_TARGET_BATCHED = 0.8
 
 
@@ -151,7 +152,8 @@ def print_report(results: list[Result], ratios: list[dict[str, Any]], n: int) ->
     print("## Ratios\n")
     print(ratios_table(ratios))
     print(
-        "\nTargets: CPU classifier_svc >= 0.9x and gateway >= 0.8x of bare at equal concurrency (D); "
+        "\nTargets: CPU classifier_svc (default runtime) >= 2x and gateway >= 0.8x of eager bare at equal "
+        "concurrency (D); "
         "GPU classifier_svc (dynamic batching) >= 0.8x of bare forward at max batch (B)."
     )
     print("\n## Where the time goes (server timing fields, means; CPU per image by process)\n")

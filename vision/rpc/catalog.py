@@ -14,8 +14,12 @@ from vision.serving.registry import ModelRegistry
 from vision.v1 import models_pb2, models_pb2_grpc
 
 
-def version_info(version: ModelVersion, loaded: bool, load_error: str = "") -> models_pb2.ModelVersionInfo:
-    """The catalog entry of ``version``; ``loaded`` and ``load_error`` as the answering service sees them."""
+def version_info(
+    version: ModelVersion, loaded: bool, load_error: str = "", model: object = None
+) -> models_pb2.ModelVersionInfo:
+    """The catalog entry of ``version``; ``loaded`` and ``load_error`` as the answering service sees them,
+    and how ``model`` (the loaded one, if any) runs when it says (a ``served_as`` `ServedAs`)."""
+    served = getattr(model, "served_as", None)
     meta = version.metadata
     created = Timestamp()
     if meta.created_at:
@@ -33,6 +37,9 @@ def version_info(version: ModelVersion, loaded: bool, load_error: str = "") -> m
         source=str(meta.provenance.get("source", "")),
         loaded=loaded,
         load_error=load_error,
+        runtime=getattr(served, "runtime", ""),
+        precision=getattr(served, "precision", ""),
+        runtime_fallback=getattr(served, "fallback", ""),
     )
 
 
@@ -45,7 +52,7 @@ class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
     def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        loaded = self._registry.loaded()
+        loaded = self._registry.loaded_models()
         failed = self._registry.load_errors()
         store = self._registry.store
         versions = [v for v in store.list() if not request.task or v.metadata.task == request.task]
@@ -54,7 +61,9 @@ class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
         except VisionError:
             default = ""
         return models_pb2.ListModelsResponse(
-            models=[version_info(v, v.key in loaded, failed.get(v.key, "")) for v in versions],
+            models=[
+                version_info(v, v.key in loaded, failed.get(v.key, ""), loaded.get(v.key)) for v in versions
+            ],
             default_model=default,
         )
 

@@ -401,5 +401,9 @@ class ModelRegistry(Generic[M]):
 
     def loaded(self) -> set[Key]:
         """(name, version) of every model in memory."""
+        return set(self.loaded_models())
+
+    def loaded_models(self) -> dict[Key, M]:
+        """Every model in memory by (name, version)."""
         with self._lock:
-            return {(n, v) for n, (v, _) in self._latest.items()} | set(self._pinned)
+            return {**{(n, v): m for n, (v, m) in self._latest.items()}, **self._pinned}

@@ -16,7 +16,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self, task: _Optional[str] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("name", "version", "architecture", "task", "num_classes", "class_names", "input_size", "created_at", "metrics", "source", "loaded", "load_error")
+    __slots__ = ("name", "version", "architecture", "task", "num_classes", "class_names", "input_size", "created_at", "metrics", "source", "loaded", "load_error", "runtime", "precision", "runtime_fallback")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,9 @@ class ModelVersionInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     LOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     architecture: str
@@ -48,7 +51,10 @@ class ModelVersionInfo(_message.Message):
     source: str
     loaded: bool
     load_error: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., task: _Optional[str] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., source: _Optional[str] = ..., loaded: _Optional[bool] = ..., load_error: _Optional[str] = ...) -> None: ...
+    runtime: str
+    precision: str
+    runtime_fallback: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., task: _Optional[str] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., source: _Optional[str] = ..., loaded: _Optional[bool] = ..., load_error: _Optional[str] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ..., runtime_fallback: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

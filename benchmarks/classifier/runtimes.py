@@ -1,0 +1,160 @@
+"""The classifier benchmark's runtime rows: classifier_svc once per runtime and precision, each with how far
+its answers are from eager torch on the benchmark's photos (max |Δlogit|, top-1 agreement)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.classifier.clients import classifier_service, grpc_calls
+from benchmarks.harness.load import Result, run_load
+from benchmarks.harness.report import fmt, markdown_table, ratio
+from vision.image.decode import decode_image
+from vision.models.store import ModelVersion
+from vision.serving.runtimes import RuntimeOptions
+
+DEFAULT_RUNTIMES = "torch:fp32,openvino:fp32,openvino:bf16,openvino:fp16,onnxruntime:fp32"
+QUICK_RUNTIMES = "torch:fp32,openvino:fp32"
+# Issue 15: the default runtime on the CPU serves at least twice what the eager PyTorch app does.
+CPU_DEFAULT_RUNTIME_TARGET = 2.0
+
+
+@dataclass(frozen=True)
+class RuntimeRow:
+    runtime: str
+    precision: str
+    result: Result
+    served_as: str  # what the service's loader chose ("openvino fp32", or "torch fp32 (fallback: ...)")
+    max_abs_logit_diff: float
+    top1_agreement: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "served_as": self.served_as,
+            "images_per_s": round(self.result.throughput, 3),
+            "max_abs_logit_diff": self.max_abs_logit_diff,
+            "top1_agreement": self.top1_agreement,
+        }
+
+
+def parse_runtimes(text: str) -> list[tuple[str, str]]:
+    """``"openvino:bf16,torch"`` -> [("openvino", "bf16"), ("torch", "fp32")]."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        runtime, _, precision = item.partition(":")
+        pairs.append((runtime, precision or "fp32"))
+    return pairs
+
+
+def parity_on_photos(
+    version: ModelVersion, images: list[bytes], runtime: str, precision: str, cache: Path
+) -> tuple[str, float, float]:
+    """(served as, max |Δlogit|, top-1 agreement) of ``runtime`` at ``precision`` vs eager torch, on the
+    benchmark's photos, loaded as the service loads it."""
+    from vision.serving.classifier import load_for_serving
+
+    options = RuntimeOptions(runtime, precision, cache)
+    loaded = load_for_serving(version, torch.device("cpu"), runtime=options)
+    batch = torch.stack([loaded.preprocessing(decode_image(data)) for data in images])
+    with torch.inference_mode():
+        reference = loaded.module(batch).float()
+        logits = loaded.runner(batch)[0] if loaded.runner is not None else loaded.module(batch).float()
+    served = f"{loaded.served_as.runtime} {loaded.served_as.precision}"
+    if loaded.served_as.fallback:
+        served += f" (fallback: {loaded.served_as.fallback})"
+    agreement = float((logits.argmax(1) == reference.argmax(1)).float().mean())
+    return served, float((logits - reference).abs().max()), agreement
+
+
+def runtime_rows(
+    args: argparse.Namespace,
+    version: ModelVersion,
+    images: list[bytes],
+    env: dict[str, str],
+    tmp: Path,
+) -> list[RuntimeRow]:
+    """R-<runtime>-<precision>: classifier_svc with VISION_CLASSIFIER_RUNTIME, _PRECISION set; N clients."""
+    rows = []
+    n = args.concurrency
+    for runtime, precision in parse_runtimes(args.runtimes):
+        served, diff, agreement = parity_on_photos(version, images, runtime, precision, tmp / "parity-cache")
+        service_env = {
+            **env,
+            "VISION_CLASSIFIER_RUNTIME": runtime,
+            "VISION_CLASSIFIER_PRECISION": precision,
+            "VISION_CLASSIFIER_RUNTIME_CACHE_DIR": str(tmp / "runtime-cache"),
+        }
+        with classifier_service(args, version.path.parents[1], service_env, tmp, version.name) as svc:
+            calls, close = grpc_calls(svc.address, images, n)
+            try:
+                result = run_load(
+                    f"R-{runtime}-{precision}",
+                    f"classifier_svc, RUNTIME={runtime} PRECISION={precision}, {n} gRPC clients",
+                    calls,
+                    seconds=args.seconds,
+                    requests=args.requests,
+                    warmup_s=args.warmup_seconds,
+                    idle_wait_s=args.wait_idle,
+                    pids={"bench (load generator)": os.getpid(), "classifier_svc": svc.pid},
+                )
+            finally:
+                close()
+        print(f"  {result.key}: {result.throughput:.1f} images/s (served as {served})", flush=True)
+        rows.append(RuntimeRow(runtime, precision, result, served, diff, agreement))
+    return rows
+
+
+def runtime_table(rows: list[RuntimeRow], eager: float, default: Result | None) -> str:
+    """Each runtime's throughput, latency, ratio to eager torch at equal concurrency (D) and parity."""
+    header = (
+        "row",
+        "runtime",
+        "precision",
+        "served as",
+        "images/s",
+        "p50 ms",
+        "p99 ms",
+        "x eager (D)",
+        "max |Δlogit|",
+        "top-1 agreement",
+    )
+    body: list[tuple[object, ...]] = []
+    if default is not None:
+        body.append(
+            (
+                default.key,
+                "auto (default)",
+                "fp32",
+                "-",
+                fmt(default.throughput),
+                fmt(default.percentile(50)),
+                fmt(default.percentile(99)),
+                f"**{ratio(default.throughput, eager):.2f}x**",
+                "-",
+                "-",
+            )
+        )
+    for row in rows:
+        r = row.result
+        body.append(
+            (
+                r.key,
+                row.runtime,
+                row.precision,
+                row.served_as,
+                fmt(r.throughput),
+                fmt(r.percentile(50)),
+                fmt(r.percentile(99)),
+                f"{ratio(r.throughput, eager):.2f}x",
+                f"{row.max_abs_logit_diff:.2g}",
+                f"{row.top1_agreement:.0%}",
+            )
+        )
+    return markdown_table(header, "llllrrrrrr", body)
