@@ -5,6 +5,9 @@ Training runs the trainer's pipeline in this process, with a progress bar: the s
 trainer_svc job (TrainConfig -> training.loop.main -> write_final -> publish_final), so the model lands in
 the model store as the next version of ``--model-name``, where the running services pick it up.
 ``--work-dir`` keeps the checkpoint: run the same command again after an interruption and it resumes.
+``--nproc-per-node N`` trains N processes (one per GPU; gloo on CPU): the command runs itself again under
+``python -m torch.distributed.run``, and under torchrun (``torchrun ... -m vision.cli train ...``, one node or
+several) each process finds its rank in the environment; rank 0 shows the progress and publishes.
 Options left out take `TrainConfig`'s defaults. Argument parsing imports nothing heavy; torch loads only
 when a command runs.
 """
@@ -68,6 +71,12 @@ def _training_options(parser: argparse.ArgumentParser, default_name: str, defaul
     parser.add_argument(
         "--work-dir", type=Path, help="checkpoint directory; reuse it to resume (default: temp)"
     )
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="training processes (data parallel, batch size per process); 0: one per GPU (1 on CPU)",
+    )
     fewest = SETTINGS["min_images_per_class"].default
     parser.add_argument(
         "--min-per-class", type=int, default=fewest, help=f"fewest images a class may have ({fewest})"
@@ -110,6 +119,9 @@ def add_commands(sub: Any, store_dir: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, dataset: str, **extra: Any) -> TrainConfig:
+    from trainer_svc.cli_ranks import world_shape
+
+    nproc_per_node, nnodes = world_shape(args.nproc_per_node, args.device)
     return TrainConfig.create(
         args.model_name,
         architecture=args.arch,
@@ -126,6 +138,8 @@ def _config(args: argparse.Namespace, dataset: str, **extra: Any) -> TrainConfig
         img_size=args.img_size,
         horizontal_flip=args.hflip,
         dataset=dataset,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
         **extra,
     ).validate()
 
@@ -145,18 +159,26 @@ TRAINING_MODULES = ("sklearn", "matplotlib", "tqdm", "kagglehub")
 
 def cmd_train(args: argparse.Namespace) -> int:
     _require_trainer_extra(*TRAINING_MODULES)
+    from trainer_svc.cli_ranks import relaunched
     from trainer_svc.training.data import load_image_folder
 
     config = _config(args, "image_folder", dataset_path=str(args.data_dir.resolve()))
+    status = relaunched(config, args)
+    if status is not None:
+        return status
     split = load_image_folder(args.data_dir, config.val_fraction, config.seed, args.min_per_class)
     return _train(config, split, args)
 
 
 def cmd_food101(args: argparse.Namespace) -> int:
     _require_trainer_extra(*TRAINING_MODULES)
+    from trainer_svc.cli_ranks import relaunched
     from trainer_svc.training.food101 import load_food101
 
     config = _config(args, "food101", max_images_per_class=args.max_images_per_class)
+    status = relaunched(config, args)
+    if status is not None:
+        return status
     split = load_food101(
         args.handle, args.cache_dir, max_images_per_class=config.max_images_per_class, min_per_class=1
     )
@@ -173,6 +195,9 @@ def cmd_digits(args: argparse.Namespace) -> int:
 
 
 def _train(config: TrainConfig, split: Any, args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from trainer_svc.cli_ranks import joined
     from trainer_svc.progress_bar import ProgressBar
     from trainer_svc.training import loop
     from trainer_svc.training.evaluation import metrics_table
@@ -184,32 +209,42 @@ def _train(config: TrainConfig, split: Any, args: argparse.Namespace) -> int:
         publish_final,
         write_final,
     )
-    from vision.models.devices import resolve_device
     from vision.models.store import ModelStore
 
     store = ModelStore(args.model_dir)
-    imagenet = imagenet_state(ensure_imagenet(store, config.architecture)) if config.pretrained else None
     workdir = args.work_dir or Path(tempfile.mkdtemp(prefix="vision-train-"))
-    runtime = loop.Runtime(
-        device=resolve_device(args.device), loader_workers=args.workers, progress_interval_s=0.2
-    )
-    print(
-        f"{len(split.class_names)} classes, {len(split.train)} training / {len(split.val)} validation "
-        f"images; {config.architecture} on {runtime.device}; checkpoints in {workdir}",
-        file=sys.stderr,
-    )
-    with ProgressBar() as bar:
-        evaluation, weights = loop.main(
-            config, split, workdir / "train", runtime=runtime, imagenet_state=imagenet, report=bar
+    with joined(args.device) as (world, device):
+        if config.pretrained and world.is_main:
+            ensure_imagenet(store, config.architecture)
+        world.barrier()  # rank 0 fetched the ImageNet weights (if they were missing)
+        imagenet = imagenet_state(ensure_imagenet(store, config.architecture)) if config.pretrained else None
+        runtime = loop.Runtime(
+            device=device, loader_workers=args.workers, progress_interval_s=0.2, world=world
         )
-    job_id = f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    final = write_final(
-        workdir, config=config, split=split, evaluation=evaluation, weights=weights, job_id=job_id
-    )
-    version = publish_final(store, final, config.model_name, job_id)
-    if args.work_dir is None:
-        shutil.rmtree(workdir, ignore_errors=True)  # a temporary one: nothing to resume any more
-    print(metrics_table(evaluation))
-    print(f"\npublished {version.name} version {version.version} to {version.path}")
-    print(f"confusion matrix: {version.path / CONFUSION_PNG}\ntraining curves:  {version.path / CURVES_PNG}")
+        if world.is_main:
+            ranks = f" x {world.size} processes" if world.distributed else ""
+            print(
+                f"{len(split.class_names)} classes, {len(split.train)} training / {len(split.val)} "
+                f"validation images; {config.architecture} on {runtime.device}{ranks}; "
+                f"checkpoints in {workdir}",
+                file=sys.stderr,
+            )
+        with ProgressBar() if world.is_main else nullcontext() as bar:
+            trained = loop.main(
+                config, split, workdir / "train", runtime=runtime, imagenet_state=imagenet, report=bar
+            )
+        if trained is not None:  # rank 0: the others wait at the barrier while it publishes
+            evaluation, weights = trained
+            job_id = f"cli-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            final = write_final(
+                workdir, config=config, split=split, evaluation=evaluation, weights=weights, job_id=job_id
+            )
+            version = publish_final(store, final, config.model_name, job_id)
+            if args.work_dir is None:
+                shutil.rmtree(workdir, ignore_errors=True)  # a temporary one: nothing to resume any more
+            print(metrics_table(evaluation))
+            print(f"\npublished {version.name} version {version.version} to {version.path}")
+            print(f"confusion matrix: {version.path / CONFUSION_PNG}")
+            print(f"training curves:  {version.path / CURVES_PNG}")
+        world.barrier()
     return 0

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from trainer_svc.training.config import FOOD101_HANDLE, MAX_CLASSES, MAX_EPOCHS, TrainConfig
+from trainer_svc.training.config import (
+    FOOD101_HANDLE,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_NNODES,
+    MAX_NPROC_PER_NODE,
+    TrainConfig,
+)
 from vision.serving.registry import PREFERRED_DEFAULT
 from vision.settings import CommaSeparated, ServiceSettings, max_upload_bytes, max_upload_files, shared
 
 # Calls (handler threads) never taken by uploads or watchers: GetJob, ListJobs and CancelJob always find one.
 # Health checks have threads of their own (vision.rpc.admission).
 MIN_SPARE_CALLS = 4
+
+
+class KubernetesPodConfig(BaseModel):
+    """Scheduling of job pods, as the Kubernetes fields they become (checked by the API server)."""
+
+    model_config = {"extra": "forbid", "populate_by_name": True}
+
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    resources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    service_account_name: str = Field("", alias="serviceAccountName")
+    priority_class_name: str = Field("", alias="priorityClassName")
 
 
 class TrainerSettings(ServiceSettings):
@@ -82,6 +102,57 @@ class TrainerSettings(ServiceSettings):
         gt=0,
         description="Longest a WatchJob stream stays open; it then ends with OK and the client watches "
         "again with after_seq.",
+    )
+
+    backend: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="Where jobs train: 'local' (worker processes beside the service, one rank per device "
+        "slot) or 'kubernetes' (an Indexed Job of nnodes pods per job, trainer_svc.jobs.cluster).",
+    )
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto",
+        description="torch.distributed backend of multi-process jobs; auto: nccl on CUDA, gloo on CPU.",
+    )
+    dist_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="How long a rank waits for the others in one collective (rendezvous, gradient sync, the "
+        "barrier while rank 0 evaluates and writes the model) before the job's processes give up.",
+    )
+    kubernetes_namespace: str = Field(
+        "", description="Namespace of the job pods; empty: the trainer pod's own (its service account's)."
+    )
+    kubernetes_image: str = Field(
+        "", description="Image of the job pods; empty: the trainer pod's own (read from the API at start)."
+    )
+    kubernetes_gpus_per_pod: int = Field(
+        0,
+        ge=0,
+        le=MAX_NPROC_PER_NODE,
+        description="GPUs of one job pod: nproc_per_node's default and maximum (nvidia.com/gpu); "
+        "0: CPU pods.",
+    )
+    kubernetes_max_nodes: int = Field(
+        8, ge=1, le=MAX_NNODES, description="Most pods (nnodes) one job may train on."
+    )
+    kubernetes_models_claim: str = Field(
+        "vision-models", description="PersistentVolumeClaim of the model store, mounted at model_dir."
+    )
+    kubernetes_data_claim: str = Field(
+        "vision-trainer-data",
+        description="PersistentVolumeClaim of data_dir (job files, checkpoints, event files): every job pod "
+        "mounts it, so it must be ReadWriteMany when pods land on several nodes.",
+    )
+    kubernetes_max_jobs: int = Field(
+        4, ge=1, description="Jobs running as Kubernetes Jobs at once; more wait in the trainer's queue."
+    )
+    kubernetes_poll_s: float = Field(
+        2.0, gt=0, description="Seconds between reads of a running Job's status and its events file."
+    )
+    kubernetes_pod_config: KubernetesPodConfig = Field(
+        default_factory=lambda: KubernetesPodConfig(),
+        description="JSON: nodeSelector, tolerations, resources (requests/limits beside nvidia.com/gpu), "
+        "serviceAccountName and priorityClassName of the job pods.",
     )
 
     reserved_model_names: CommaSeparated = Field(

@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from trainer_svc.config import TrainerSettings
 from trainer_svc.jobs.database import EventKind, JobEvent, JobResult, JobRow, JobState
+from trainer_svc.jobs.slots import Placement
 from trainer_svc.training.config import TrainConfig, normalize_label, resolve_dataset_path
 from trainer_svc.training.evaluation import Evaluation
 from trainer_svc.training.events import TrainEvent
@@ -45,17 +46,21 @@ _EVENT_FIELDS = tuple(f.name for f in fields(TrainEvent) if f.name != "kind")
 
 
 # -- requests in ---------------------------------------------------------------------------------------------
-def job_spec_to_config(spec: trainer_pb2.JobSpec, settings: TrainerSettings) -> TrainConfig:
+def job_spec_to_config(
+    spec: trainer_pb2.JobSpec, settings: TrainerSettings, placement: Placement | None = None
+) -> TrainConfig:
     """The validated TrainConfig for ``spec``; `InvalidArgument` names the first bad field.
 
     Unset numbers take `TrainConfig`'s defaults ("0: the default" in the contract; patience: the service's
-    ``default_patience``).
+    ``default_patience``; nproc_per_node and nnodes: what ``placement``, the trainer's devices, give).
     """
     dataset = spec.WhichOneof("dataset")
     if dataset is None:
         raise InvalidArgument("the JobSpec names no dataset: set upload, image_folder or food101")
     if spec.mode != trainer_pb2.TRAIN_MODE_UNSPECIFIED and spec.mode not in FROZEN_BY_MODE:
         raise InvalidArgument(f"unknown mode {spec.mode}; accepted: frozen, full")
+    placement = placement or Placement.of(settings)
+    nproc_per_node, nnodes = placement.resolve(spec.nproc_per_node, spec.nnodes)
     config = TrainConfig.create(
         spec.model_name,
         architecture=ARCHITECTURES.from_enum(spec.architecture),
@@ -73,6 +78,8 @@ def job_spec_to_config(spec: trainer_pb2.JobSpec, settings: TrainerSettings) -> 
         horizontal_flip=spec.horizontal_flip if spec.HasField("horizontal_flip") else None,
         dataset=dataset,
         class_names=[normalize_label(name) for name in spec.class_names] if dataset == "upload" else None,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
     )
     if dataset == "image_folder":
         config.dataset_path = str(resolve_dataset_path(spec.image_folder.path, settings.image_folder_root))

@@ -167,7 +167,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("the first CreateJob message must be the JobSpec")
-        config = convert.job_spec_to_config(first.spec, self._settings)
+        config = convert.job_spec_to_config(first.spec, self._settings, self._manager.placement)
         spec = convert.spec_to_json(first.spec)
         # Quotas and the model name first: a refused job uploads nothing.
         self._access.check_active_jobs(caller)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import ApiError, invalid_argument
 from gateway.train.multipart import FieldLimits, FileData, FileEnd, FileStart, FormField, Part
-from gateway.values import INT32
+from gateway.values import INT32, looks_like_integer
 from vision.choices import ARCHITECTURES, OPTIMIZERS, Choices, pretrained_by_default
 from vision.errors import InvalidArgument
 from vision.settings import DEFAULT_MAX_CLASSES
@@ -27,7 +27,7 @@ DEFAULT_MODEL_NAME = "custom"
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 OPTIONS = (
     "model_name", "arch", "pretrained", "freeze_backbone", "epochs", "batch_size", "lr", "img_size",
-    "val_split", "seed", "patience", "optimizer", "label_smoothing", "hflip",
+    "val_split", "seed", "patience", "optimizer", "label_smoothing", "hflip", "nproc_per_node", "nnodes",
 )  # fmt: skip
 # (form field, JobSpec field, type, whether the proto reads 0 as "the trainer's default")
 NUMBERS: tuple[tuple[str, str, type, bool], ...] = (
@@ -36,6 +36,18 @@ NUMBERS: tuple[tuple[str, str, type, bool], ...] = (
     ("lr", "learning_rate", float, True), ("val_split", "val_fraction", float, True),
     ("label_smoothing", "label_smoothing", float, False),
 )  # fmt: skip
+# (form field, JobSpec field, smallest, largest): whole numbers the gateway bounds itself. nproc_per_node 0:
+# the trainer's default (every GPU of its device set on CUDA, 1 on CPU); nnodes unset: 1.
+BOUNDED: tuple[tuple[str, str, int, int], ...] = (
+    ("nproc_per_node", "nproc_per_node", 0, 64),
+    ("nnodes", "nnodes", 1, 64),
+)
+BOUNDED_DOC = {
+    "nproc_per_node": "training processes per node, one per GPU (batch_size is per process); 0 or unset: "
+    "every GPU of the trainer (1 on CPU); more than it has: 400",
+    "nnodes": "nodes (Kubernetes pods) the job trains on; unset: 1; more than 1 needs the trainer's "
+    "Kubernetes backend",
+}
 LABEL_FIELD_PATTERN = r"^label([1-9][0-9]{0,3})$"
 FILES_FIELD_PATTERN = r"^files([1-9][0-9]{0,3})$"
 _LABEL = re.compile(LABEL_FIELD_PATTERN)
@@ -66,6 +78,16 @@ def parse_number(name: str, raw: str, kind: Callable[[str], float], zero_is_defa
     if kind is int and value not in INT32:
         raise _bad(f"{name} is out of range: {value}")
     return value
+
+
+def parse_bounded(name: str, raw: str, low: int, high: int) -> int | None:
+    """A whole number in [low, high], or None when absent; 400 naming the range for anything else."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not looks_like_integer(raw) or len(raw) > 10 or not low <= int(raw) <= high:
+        raise _bad(f"{name} must be a whole number from {low} to {high}, got {raw[:20]!r}")
+    return int(raw)
 
 
 def parse_flag(name: str, raw: str, default: bool) -> bool:
@@ -116,6 +138,10 @@ def build_spec(fields: dict[str, str], labels: dict[int, str]) -> trainer_pb2.Jo
         value = parse_number(name, fields.get(name, ""), kind, zero_is_default)
         if value is not None:
             setattr(spec, attribute, value)
+    for name, attribute, low, high in BOUNDED:
+        count = parse_bounded(name, fields.get(name, ""), low, high)
+        if count is not None:
+            setattr(spec, attribute, count)
     return spec
 
 

@@ -14,6 +14,8 @@ from gateway.errors import ApiError, from_rpc_error
 from gateway.responses import ModelRef, error_responses
 from gateway.train.events import ENDED, EVENT_ID_PATTERN, FIRST_EVENT_WAIT_S, EventRelay, HeldStream
 from gateway.train.form import (
+    BOUNDED,
+    BOUNDED_DOC,
     DEFAULT_MODEL_NAME,
     FILES_FIELD_PATTERN,
     LABEL_FIELD_PATTERN,
@@ -127,6 +129,13 @@ def _form_doc() -> dict[str, Any]:
         else:
             number["minimum"] = 0
         properties[name] = {**number, "description": "unset: the trainer's default"}
+    for name, _, low, high in BOUNDED:
+        properties[name] = {
+            "type": "integer",
+            "minimum": low,
+            "maximum": high,
+            "description": BOUNDED_DOC[name],
+        }
     schema = {
         "type": "object",
         "properties": properties,

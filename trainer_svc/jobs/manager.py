@@ -1,6 +1,9 @@
 """Jobs: accepted, queued, run one per device in a worker process, recorded, resumed, cancelled.
 
-One scheduler thread hands queued jobs to free device slots (one per GPU; one CPU slot without GPUs). Every
+One scheduler thread hands queued jobs, in order, to free device slots (`jobs.slots`: one per GPU, a job
+of N processes taking N of them; one CPU slot without GPUs; with the Kubernetes backend, one per job
+running as a Kubernetes Job). A job's ranks run as local worker processes (`jobs.supervisor`) or as the
+pods of a Kubernetes Job (`jobs.cluster`); either way its events come back to `JobRecords`. Every
 transition goes through the job database's conditional updates, so a job is started, finished or
 published once. On start, jobs the database says were RUNNING (the service stopped or crashed under them)
 are queued first and resume from their last epoch checkpoint; a worker that dies (killed, out of memory)
@@ -15,22 +18,21 @@ import shutil
 import threading
 import uuid
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
-import torch
 from prometheus_client import CollectorRegistry
 
 from trainer_svc.config import TrainerSettings
 from trainer_svc.errors import logged
 from trainer_svc.jobs.database import DB_FILE, JobDB, JobRow, JobState
 from trainer_svc.jobs.records import JobRecords
-from trainer_svc.jobs.supervisor import WorkerHandle, describe_exit, worker_args
+from trainer_svc.jobs.slots import Placement, SlotPool, backend_slots
+from trainer_svc.jobs.supervisor import OnExit, OnMessage, WorkerHandle, rank_args
 from trainer_svc.jobs.uploads import UploadLimits, UploadWriter
 from trainer_svc.jobs.worker import DATASET_DIR
 from trainer_svc.telemetry import TrainerTelemetry
 from trainer_svc.training.config import TrainConfig
 from vision.errors import Conflict, NotFound, QuotaExceeded
-from vision.models.devices import resolve_device
 from vision.models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -60,16 +62,35 @@ class JobPublishing(JobConflict):
     """The job finished training and is publishing its model: too late to cancel it."""
 
 
-def device_slots(spec: str) -> list[str]:
-    """One slot per GPU for 'auto' (with GPUs) or 'cuda'; just that device for 'cuda:N' or 'cpu'."""
-    device = resolve_device(spec)
-    if device.type == "cuda" and spec in ("auto", "cuda"):
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [str(device)]
+class Run(Protocol):
+    """A job's running ranks, local processes or a Kubernetes Job: how the manager stops them."""
+
+    @property
+    def pids(self) -> list[int | None]: ...
+
+    def cancel(self, grace_s: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Cluster(Protocol):
+    """Starts jobs as Kubernetes Jobs (`trainer_svc.jobs.cluster.Cluster`)."""
+
+    def run(
+        self,
+        job_id: str,
+        config: TrainConfig,
+        workdir: Any,
+        attempt: int,
+        on_message: OnMessage,
+        on_exit: OnExit,
+    ) -> Run: ...
+
+    def delete_all(self) -> None: ...
 
 
 class JobManager:
-    def __init__(self, settings: TrainerSettings) -> None:
+    def __init__(self, settings: TrainerSettings, cluster: Cluster | None = None) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         self.jobs_dir = self.data_dir / "jobs"
@@ -100,10 +121,17 @@ class JobManager:
             keep_job_files=settings.keep_job_files,
             telemetry=self.telemetry,
         )
-        self.slots = device_slots(settings.device)
-        self._free = list(reversed(self.slots))
+        self.slots = backend_slots(settings)
+        self._pool = SlotPool(self.slots)
+        self.placement = Placement.of(settings, self.slots if settings.backend == "local" else None)
+        if settings.backend == "kubernetes" and cluster is None:
+            from trainer_svc.jobs.cluster import Cluster as KubernetesCluster  # the kubernetes client
+
+            cluster = KubernetesCluster(settings)
+        self._cluster = cluster
         self._queue: deque[str] = deque()
-        self._running: dict[str, WorkerHandle] = {}
+        self._needs: dict[str, int] = {}
+        self._running: dict[str, Run] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._schedule, name="job-scheduler", daemon=True)
@@ -113,6 +141,8 @@ class JobManager:
         """Clean what crashed uploads left, queue unfinished jobs (interrupted ones first), schedule."""
         shutil.rmtree(self.uploads_dir, ignore_errors=True)
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        if self._cluster is not None:  # pods of a trainer that stopped or crashed: the jobs resume anew
+            self._cluster.delete_all()
         unfinished = self.db.unfinished()
         known = {row.id for row in unfinished}
         if self.jobs_dir.is_dir():
@@ -133,10 +163,10 @@ class JobManager:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            running = list(self._running.values())
-        for handle in running:
+            running = list(self._running.items())
+        for job_id, handle in running:
             handle.stop()
-            row = self.db.get(handle.args.job_id)
+            row = self.db.get(job_id)
             if row is not None:  # stopped by us, not crashed: this start does not count towards max_attempts
                 self.db.set_attempts(row.id, max(0, row.attempts - 1))
         self._thread.join(5)
@@ -211,36 +241,64 @@ class JobManager:
         return self.get(job_id)
 
     def worker_pid(self, job_id: str) -> int | None:
+        """The process id of the job's rank 0, while it runs locally."""
+        pids = self.worker_pids(job_id)
+        return pids[0] if pids else None
+
+    def worker_pids(self, job_id: str) -> list[int | None]:
+        """The process ids of the job's ranks in rank order, while it runs locally ([] otherwise)."""
         with self._cond:
             handle = self._running.get(job_id)
-        return handle.pid if handle is not None else None
+        return handle.pids if handle is not None else []
 
     # -- scheduling --------------------------------------------------------------------------------------
     def _schedule(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not (self._queue and self._free):
+                while not self._stopping and (taken := self._next()) is None:
                     self._cond.wait()
                 if self._stopping:
                     return
-                job_id, slot = self._queue.popleft(), self._free.pop()
+                assert taken is not None
+                job_id, slots = taken
             try:
-                started = self._launch(job_id, slot)
+                started = self._launch(job_id, slots)
             except Exception as exc:
                 error = logged(log, "the job could not start", exc, where=f"job {job_id}", traceback=True)
                 self.records.finish(job_id, JobState.FAILED, error=error)
                 started = False
             if not started:
-                self._release(slot)
+                self._release(slots)
 
-    def _release(self, slot: str) -> None:
+    def _next(self) -> tuple[str, list[str]] | None:
+        """The job at the head of the queue with the slots it takes, if they are free (lock held)."""
+        if not self._queue:
+            return None
+        job_id = self._queue[0]
+        if job_id not in self._needs:
+            row = self.db.get(job_id)
+            self._needs[job_id] = self._pool.needed(row.config) if row is not None else 1
+        slots = self._pool.take(min(self._needs[job_id], len(self.slots)))
+        if slots is None:
+            return None
+        self._queue.popleft()
+        return job_id, slots
+
+    def _release(self, slots: list[str]) -> None:
         with self._cond:
-            self._free.append(slot)
+            self._pool.give(slots)
             self._cond.notify_all()
 
-    def _launch(self, job_id: str, slot: str) -> bool:
-        """Start ``job_id`` on ``slot``; False when there was nothing to run (finished, cancelled)."""
+    def _where(self, config: TrainConfig, slots: list[str]) -> str:
+        if self.settings.backend == "kubernetes":
+            return f"Kubernetes ({config.nnodes} pod(s) of {config.nproc_per_node} process(es))"
+        ranks = f" ({config.nproc_per_node} processes)" if config.nproc_per_node > 1 else ""
+        return ", ".join(slots) + ranks
+
+    def _launch(self, job_id: str, slots: list[str]) -> bool:
+        """Start ``job_id`` on ``slots``; False when there was nothing to run (finished, cancelled)."""
         row = self.db.get(job_id)
+        self._needs.pop(job_id, None)
         if row is None or row.terminal:
             return False
         workdir = self.jobs_dir / job_id
@@ -254,41 +312,53 @@ class JobManager:
                 error=f"gave up after {row.attempts} start(s) without finishing",
             )
             return False
+        if len(slots) < self._pool.needed(row.config):
+            self.records.finish(
+                job_id,
+                JobState.FAILED,
+                error=f"the job asks for {row.config.nproc_per_node} GPUs and this trainer has "
+                f"{len(self.slots)}",
+            )
+            return False
+        where = self._where(row.config, slots)
         with self._cond:  # serialised with cancel(): a job is either cancelled here or handed to a worker
             current = self.db.get(job_id)
             if self._stopping or current is None or current.terminal or current.cancel_requested:
                 if current is not None and current.cancel_requested:
                     self.records.finish(job_id, JobState.CANCELLED, message="cancelled")
                 return False
-            self.db.set_attempts(job_id, row.attempts + 1)
+            attempt = row.attempts + 1
+            self.db.set_attempts(job_id, attempt)
             if row.state == QUEUED:
-                self.db.transition(job_id, (QUEUED,), RUNNING, message=f"running on {slot}")
+                self.db.transition(job_id, (QUEUED,), RUNNING, message=f"running on {where}")
             else:
-                self.records.note(
-                    job_id, f"resuming on {slot} from the last checkpoint (start {row.attempts + 1})"
-                )
+                self.records.note(job_id, f"resuming on {where} from the last checkpoint (start {attempt})")
             self.telemetry.job_started(job_id)
-            self._running[job_id] = WorkerHandle(
-                worker_args(self.settings, job_id, row.config, workdir, slot),
-                on_message=lambda message: self.records.worker_message(job_id, message),
-                on_exit=lambda outcome, code: self._on_exit(job_id, slot, outcome, code),
-            )
+            on_message: OnMessage = lambda message: self.records.worker_message(job_id, message)  # noqa: E731
+            on_exit: OnExit = lambda outcome, how: self._on_exit(job_id, slots, outcome, how)  # noqa: E731
+            if self._cluster is not None:
+                run = self._cluster.run(job_id, row.config, workdir, attempt, on_message, on_exit)
+            else:
+                ranks = rank_args(self.settings, job_id, row.config, workdir, slots)
+                run = WorkerHandle(ranks, on_message=on_message, on_exit=on_exit)
+            self._running[job_id] = run
         return True
 
     # -- how workers end ----------------------------------------------------------------------------
-    def _on_exit(self, job_id: str, slot: str, outcome: dict[str, Any] | None, exitcode: int | None) -> None:
+    def _on_exit(self, job_id: str, slots: list[str], outcome: dict[str, Any] | None, how: str) -> None:
         with self._cond:
             self._running.pop(job_id, None)
             stopping = self._stopping
         try:
             if not stopping:
-                self._settle(job_id, outcome, exitcode)
+                self._settle(job_id, outcome, how)
         except Exception:
             log.exception("job %s: could not record how it ended", job_id)
         finally:
-            self._release(slot)
+            self._release(slots)
 
-    def _settle(self, job_id: str, outcome: dict[str, Any] | None, exitcode: int | None) -> None:
+    def _settle(self, job_id: str, outcome: dict[str, Any] | None, how: str) -> None:
+        """Record how the job's run ended: ``outcome`` is its last word (None: it crashed, ``how``)."""
         row = self.get(job_id)
         kind = (outcome or {}).get("type")
         if kind == "done":
@@ -298,7 +368,7 @@ class JobManager:
         elif kind == "failed":
             self.records.finish(job_id, JobState.FAILED, error=str(outcome["reason"]))  # type: ignore[index]
         else:
-            reason = f"the training process {describe_exit(exitcode)}"
+            reason = how
             if row.attempts >= self.settings.max_attempts:
                 self.records.finish(
                     job_id, JobState.FAILED, error=f"{reason}; gave up after {row.attempts} start(s)"

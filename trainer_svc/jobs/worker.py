@@ -1,11 +1,15 @@
-"""The process one job trains in (started with multiprocessing's 'spawn' context by `jobs.supervisor`).
+"""The process one job trains in: one rank of it (started with multiprocessing's 'spawn' context by
+`jobs.supervisor`, one per rank; or by torchrun in a Kubernetes pod, through `jobs.rank`).
 
-It loads the dataset, trains (resuming from the job's checkpoint when there is one), writes the finished
-model to ``<workdir>/final`` and says so. Everything it tells the service goes through one pipe as
-small dicts: ``{"type": "event", "event": TrainEvent}``, ``{"type": "dataset", "class_counts": {...}}``
-and finally one of ``{"type": "done"}``, ``{"type": "failed", "reason": "..."}`` or
-``{"type": "cancelled"}``. A worker that loses its parent (the service died) stops at the next step
-instead of training on unsupervised.
+It joins the job's other ranks (`training.distributed`: its place comes from the torchrun variables), loads
+the dataset, trains its shard (resuming from the job's checkpoint when there is one); rank 0 writes the
+finished model to ``<workdir>/final`` while the others wait at a barrier. Everything a rank tells the
+service goes through its channel (a pipe, or a JSON-lines file: `jobs.eventfile`) as small dicts:
+``{"type": "event", "event": TrainEvent}`` and ``{"type": "dataset", "class_counts": {...}}`` (rank 0
+only), and finally one of ``{"type": "done"}``, ``{"type": "failed", "reason": "..."}``,
+``{"type": "cancelled"}`` or ``{"type": "lost"}`` (a collective failed because another rank went away: the
+job is to be resumed, not failed). A worker that loses its parent (the service died) stops at the next
+step instead of training on unsupervised.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -25,9 +29,10 @@ from typing import Any
 import torch
 
 from trainer_svc.errors import is_disk_full, logged
-from trainer_svc.training import loop
+from trainer_svc.training import distributed, loop
 from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import DatasetSplit, load_image_folder, load_uploaded
+from trainer_svc.training.distributed import LaunchEnv, World
 from trainer_svc.training.events import TrainEvent
 from trainer_svc.training.food101 import load_food101
 from trainer_svc.training.publishing import ensure_imagenet, imagenet_state, write_final
@@ -50,8 +55,8 @@ class WorkerArgs:
     config: TrainConfig
     workdir: str
     model_dir: str
-    device: str
-    parent_pid: int
+    device: str  # this rank's: 'cpu', 'cuda:N', or 'cuda' (the GPU of its LOCAL_RANK, in a pod)
+    parent_pid: int  # 0: no parent to watch (torchrun's agent in a pod starts the rank)
     loader_workers: int = 0
     torch_threads: int = 0
     progress_interval_s: float = 2.0
@@ -64,6 +69,23 @@ class WorkerArgs:
     datasets_root: str = ""  # image_folder files must lie inside it (symlinks resolved); "": the dataset dir
     log_level: str = "INFO"
     log_json: bool = False
+    dist_backend: str = "auto"
+    dist_timeout_s: float = 1800.0
+    launch: dict[str, str] = field(default_factory=dict)  # torchrun's variables, for a rank started by hand
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data (the launch file of a Kubernetes job's pods)."""
+        return {**asdict(self), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerArgs:
+        return cls(
+            **{
+                **data,
+                "config": TrainConfig.from_dict(data["config"]),
+                "image_limits": ImageLimits(**data["image_limits"]),
+            }
+        )
 
 
 class CancelRequested(Exception):
@@ -75,14 +97,19 @@ class ParentGone(Exception):
 
 
 class Channel:
-    """The worker's side of the pipe, plus the stop checks called before every training step."""
+    """The worker's side of the pipe (or of its event file), plus the stop checks called before every
+    training step."""
 
-    def __init__(self, conn: Connection, parent_pid: int, cancel: Event) -> None:
-        self.conn, self.parent_pid, self.cancel = conn, parent_pid, cancel
+    def __init__(self, sink: Callable[[dict[str, Any]], None], parent_pid: int, cancel: Event | None) -> None:
+        self.sink, self.parent_pid, self.cancel = sink, parent_pid, cancel
+
+    @classmethod
+    def pipe(cls, conn: Connection, parent_pid: int, cancel: Event) -> Channel:
+        return cls(conn.send, parent_pid, cancel)
 
     def send(self, message: dict[str, Any]) -> None:
         try:
-            self.conn.send(message)
+            self.sink(message)
         except (BrokenPipeError, OSError) as exc:
             raise ParentGone from exc
 
@@ -90,18 +117,18 @@ class Channel:
         self.send({"type": "event", "event": event})
 
     def check(self) -> None:
-        if os.getppid() != self.parent_pid:
+        if self.parent_pid and os.getppid() != self.parent_pid:
             raise ParentGone
-        if self.cancel.is_set():
+        if self.cancel is not None and self.cancel.is_set():
             raise CancelRequested
 
 
 @contextmanager
-def exclusive(workdir: Path, timeout_s: float = 60.0) -> Iterator[None]:
-    """Hold the job's lock file: two processes never train one job (an orphan of a crashed service may
-    still be finishing its current step)."""
+def exclusive(workdir: Path, rank: int = 0, timeout_s: float = 60.0) -> Iterator[None]:
+    """Hold the lock file of the job's rank: two processes never train one rank of a job (an orphan of a
+    crashed service may still be finishing its current step)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / LOCK_FILE, "w") as lock:
+    with open(workdir / (LOCK_FILE if rank == 0 else f"rank-{rank}.{LOCK_FILE}"), "w") as lock:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -139,45 +166,66 @@ def load_split(config: TrainConfig, args: WorkerArgs) -> DatasetSplit:
     )
 
 
-def run_job(args: WorkerArgs, channel: Channel) -> None:
+def _where(device: torch.device, world: World) -> str:
+    if not world.distributed:
+        return str(device)
+    return f"{world.size} processes ({device.type}, {'nccl' if device.type == 'cuda' else 'gloo'})"
+
+
+def _imagenet(args: WorkerArgs, world: World) -> dict[str, torch.Tensor] | None:
+    """The ImageNet weights: fetched into the store by rank 0 (if they are not there yet) while the
+    others wait, then read by every rank."""
+    config = args.config
+    if not config.pretrained:
+        return None
+    store = ModelStore(args.model_dir)
+    fetch = lambda: ensure_imagenet(  # noqa: E731
+        store, config.architecture, url=args.pretrained_url, timeout=args.pretrained_timeout_s
+    )
+    if world.is_main:
+        fetch()
+    world.barrier()
+    return imagenet_state(fetch())
+
+
+def run_job(args: WorkerArgs, channel: Channel, world: World, device: torch.device) -> None:
     config = args.config
     split = load_split(config, args)
-    channel.send({"type": "dataset", "class_counts": split.class_counts()})
-    channel.report(
-        TrainEvent(
-            "message",
-            total_epochs=config.epochs,
-            message=f"dataset: {len(split.class_names)} classes, {len(split.train)} training and "
-            f"{len(split.val)} validation images; training on {args.device}",
+    if world.is_main:
+        channel.send({"type": "dataset", "class_counts": split.class_counts()})
+        channel.report(
+            TrainEvent(
+                "message",
+                total_epochs=config.epochs,
+                message=f"dataset: {len(split.class_names)} classes, {len(split.train)} training and "
+                f"{len(split.val)} validation images; training on {_where(device, world)}",
+            )
         )
-    )
-    imagenet = None
-    if config.pretrained:
-        store = ModelStore(args.model_dir)
-        version = ensure_imagenet(
-            store, config.architecture, url=args.pretrained_url, timeout=args.pretrained_timeout_s
-        )
-        imagenet = imagenet_state(version)
+    imagenet = _imagenet(args, world)
     runtime = loop.Runtime(
-        device=torch.device(args.device),
+        device=device,
         loader_workers=args.loader_workers,
         progress_interval_s=args.progress_interval_s,
         image_limits=args.image_limits,
+        world=world,
     )
     workdir = Path(args.workdir)
-    evaluation, weights = loop.main(
+    trained = loop.main(
         config,
         split,
         workdir / TRAIN_DIR,
         runtime=runtime,
         imagenet_state=imagenet,
-        report=channel.report,
+        report=channel.report if world.is_main else None,
         check=channel.check,
     )
     channel.check()
-    write_final(
-        workdir, config=config, split=split, evaluation=evaluation, weights=weights, job_id=args.job_id
-    )
+    if trained is not None:  # rank 0
+        evaluation, weights = trained
+        write_final(
+            workdir, config=config, split=split, evaluation=evaluation, weights=weights, job_id=args.job_id
+        )
+    world.barrier()  # the others end once the model is written
 
 
 def failure_reason(exc: BaseException, config: TrainConfig, job_id: str = "") -> str:
@@ -202,14 +250,28 @@ def failure_reason(exc: BaseException, config: TrainConfig, job_id: str = "") ->
 
 
 def main(args: WorkerArgs, conn: Connection, cancel: Event) -> None:
-    """Entry point of the spawned process."""
-    configure_logging(args.log_level, args.log_json, service=f"trainer-job-{args.job_id}")
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    channel = Channel(conn, args.parent_pid, cancel)
+    """Entry point of a process spawned by the supervisor (one rank; ``args.launch`` says which)."""
     try:
-        with exclusive(Path(args.workdir)):
-            run_job(args, channel)
+        run_rank(args, Channel.pipe(conn, args.parent_pid, cancel))
+    finally:
+        conn.close()
+
+
+def run_rank(args: WorkerArgs, channel: Channel) -> None:
+    """Be one rank of the job until it ends; the rank's last word goes to ``channel``."""
+    os.environ.update(args.launch)  # before anything reads them: as if torchrun had started this process
+    env = LaunchEnv()
+    suffix = f"-rank{env.rank}" if env.world_size > 1 else ""
+    configure_logging(args.log_level, args.log_json, service=f"trainer-job-{args.job_id}{suffix}")
+    device = distributed.rank_device(torch.device(args.device), env)
+    if args.torch_threads or (env.world_size > 1 and device.type == "cpu"):
+        torch.set_num_threads(args.torch_threads or distributed.cpu_threads(env))
+    world = World()
+    try:
+        with exclusive(Path(args.workdir), env.rank):
+            backend = distributed.resolve_backend(args.dist_backend, device)
+            world = distributed.join(env, backend, args.dist_timeout_s, device)
+            run_job(args, channel, world, device)
         channel.send({"type": "done"})
     except ParentGone:
         log.warning("the trainer service went away; job %s stops here", args.job_id)
@@ -218,8 +280,12 @@ def main(args: WorkerArgs, conn: Connection, cancel: Event) -> None:
         channel.send({"type": "cancelled"})
     except BaseException as exc:
         try:
-            channel.send({"type": "failed", "reason": failure_reason(exc, args.config, args.job_id)})
+            if env.world_size > 1 and distributed.is_peer_failure(exc):
+                log.warning("job %s rank %d: another rank went away (%s)", args.job_id, env.rank, exc)
+                channel.send({"type": "lost"})
+            else:
+                channel.send({"type": "failed", "reason": failure_reason(exc, args.config, args.job_id)})
         except ParentGone:
             os._exit(3)
     finally:
-        conn.close()
+        distributed.leave(world)

@@ -25,6 +25,8 @@ MAX_EPOCHS = 1000
 MAX_CLASSES = DEFAULT_MAX_CLASSES
 MAX_FILE_NAME_CHARS = 255
 FOOD101_HANDLE = "dansbecker/food-101"  # kagglehub dataset handle
+MAX_NPROC_PER_NODE = 64
+MAX_NNODES = 64
 
 
 @dataclass
@@ -51,6 +53,10 @@ class TrainConfig:
     dataset_path: str = ""
     class_names: list[str] = field(default_factory=list)
     max_images_per_class: int = 0
+    # Data parallelism (trainer_svc.training.distributed): processes per node and nodes. ``batch_size`` is
+    # per process, as in torchvision's references: one step trains on batch_size * world_size images.
+    nproc_per_node: int = 1
+    nnodes: int = 1
 
     @classmethod
     def create(cls, model_name: str, **options: Any) -> TrainConfig:
@@ -64,6 +70,11 @@ class TrainConfig:
         given.setdefault("pretrained", pretrained_by_default(architecture))
         given.setdefault("freeze_backbone", given["pretrained"])
         return cls(model_name=model_name, **given)
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: one rank each."""
+        return self.nproc_per_node * self.nnodes
 
     @property
     def resize_size(self) -> int:
@@ -90,6 +101,8 @@ class TrainConfig:
         _in_range("patience", self.patience, 1, 1000)
         _in_range("seed", self.seed, 0, 2**31 - 1)
         _in_range("max_images_per_class", self.max_images_per_class, 0, 1_000_000)
+        _in_range("nproc_per_node", self.nproc_per_node, 1, MAX_NPROC_PER_NODE)
+        _in_range("nnodes", self.nnodes, 1, MAX_NNODES)
         _float_in_range("lr", self.lr, 0.0, 10.0, low_open=True)
         _float_in_range("val_split", self.val_fraction, 0.0, 0.5, low_open=True)
         _float_in_range("label_smoothing", self.label_smoothing, 0.0, 0.5)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from vision.errors import InvalidArgument, InvalidImage
@@ -226,8 +226,10 @@ def make_loader(
     seed: int,
     workers: int,
     pin_memory: bool = False,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
-    """A loader whose shuffling and worker seeds come from its own generator (saved in checkpoints).
+    """A loader whose shuffling and worker seeds come from its own generator (saved in checkpoints); with a
+    ``sampler`` (a rank's shard), the order is the sampler's and ``shuffle`` is ignored.
 
     Workers are re-created every epoch (not persistent) so their seeds come from that generator each epoch:
     a run resumed from a checkpoint draws exactly what an uninterrupted run would have drawn. They are
@@ -239,7 +241,8 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         num_workers=workers,
         generator=generator,
         pin_memory=pin_memory,

@@ -10,6 +10,10 @@ without improvement.
 
 Progress leaves through ``report`` (a callable taking a `TrainEvent`); ``check`` is called before every
 step and raises to stop (cancellation). Nothing here knows about gRPC, processes or the job database.
+
+With ``Runtime.world`` of several ranks (`trainer_svc.training.distributed`) every rank runs `main` on its
+shard of the data; epoch figures are global; rank 0 alone writes files and returns the evaluation. Within
+an epoch, progress events carry rank 0's running figures.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from trainer_svc.training import resume
 from trainer_svc.training.config import TrainConfig
 from trainer_svc.training.data import DatasetSplit, ImageFiles, eval_transform, make_loader, train_transform
+from trainer_svc.training.distributed import World, unwrap
 from trainer_svc.training.evaluation import Evaluation, evaluate_predictions
 from trainer_svc.training.events import Clock, Report, TrainEvent
 from trainer_svc.training.model import build_model_for_training, build_optimizer, set_train_mode
@@ -39,12 +44,14 @@ Loader = DataLoader[tuple[torch.Tensor, int]]
 
 @dataclass
 class Runtime:
-    """How to run (not what to learn): device, loader processes, progress cadence, image limits."""
+    """How to run (not what to learn): device, loader processes, progress cadence, image limits, and the
+    ranks this process trains with (a run of one by default)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     loader_workers: int = 0
     progress_interval_s: float = 2.0
     image_limits: ImageLimits = field(default_factory=ImageLimits)
+    world: World = field(default_factory=World)
 
 
 def _never_stop() -> None:
@@ -52,20 +59,37 @@ def _never_stop() -> None:
 
 
 def load_data(config: TrainConfig, split: DatasetSplit, runtime: Runtime) -> tuple[Loader, Loader]:
-    """Augmented, shuffled training batches and serving-identical validation batches."""
+    """Augmented, shuffled training batches and serving-identical validation batches: this rank's shard
+    of each when there are several ranks (the training shard reshuffled every epoch by ``set_epoch``)."""
     pin = runtime.device.type == "cuda"
+    world = runtime.world
     train_set = ImageFiles(
         split.train, train_transform(config.img_size, config.horizontal_flip), runtime.image_limits
     )
-    val_set = ImageFiles(split.val, eval_transform(config.img_size, config.resize_size), runtime.image_limits)
     workers = runtime.loader_workers
     train = make_loader(
-        train_set, config.batch_size, shuffle=True, seed=config.seed, workers=workers, pin_memory=pin
+        train_set,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed + world.rank,  # loader-worker seeds differ per rank; rank 0 draws as a run of one
+        workers=workers,
+        pin_memory=pin,
+        sampler=world.sampler(train_set, config.seed),
     )
-    val = make_loader(
-        val_set, config.batch_size, shuffle=False, seed=config.seed, workers=workers, pin_memory=pin
+    return train, validation_loader(config, split, runtime, world)
+
+
+def validation_loader(config: TrainConfig, split: DatasetSplit, runtime: Runtime, world: World) -> Loader:
+    """The validation images in order, as serving preprocesses them: ``world``'s slice of them."""
+    val_set = ImageFiles(split.val, eval_transform(config.img_size, config.resize_size), runtime.image_limits)
+    return make_loader(
+        world.shard(val_set),
+        config.batch_size,
+        shuffle=False,
+        seed=config.seed,
+        workers=runtime.loader_workers,
+        pin_memory=runtime.device.type == "cuda",
     )
-    return train, val
 
 
 def train_one_epoch(
@@ -83,9 +107,10 @@ def train_one_epoch(
     report: Report,
     check: Callable[[], None],
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean train loss, accuracy and images/s (training time only)."""
+    """One pass over ``loader``; returns mean train loss, accuracy and images/s (training time only), over
+    every rank."""
     device = runtime.device
-    set_train_mode(model, config.freeze_backbone)
+    set_train_mode(unwrap(model), config.freeze_backbone)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -130,10 +155,13 @@ def train_one_epoch(
                 )
             )
     seconds = time.perf_counter() - start
+    loss_total, correct_total, seen_total, rate = runtime.world.sum(
+        [float(loss_sum), float(correct), float(seen), seen / max(seconds, 1e-9)], device
+    )
     return {
-        "train_loss": float(loss_sum) / max(seen, 1),
-        "train_accuracy": float(correct) / max(seen, 1),
-        "images_per_second": seen / max(seconds, 1e-9),
+        "train_loss": loss_total / max(seen_total, 1),
+        "train_accuracy": correct_total / max(seen_total, 1),
+        "images_per_second": rate,
         "train_seconds": seconds,
     }
 
@@ -154,6 +182,18 @@ def evaluate(
     return loss_sum / max(len(y_true), 1), y_true, y_pred
 
 
+def validate(model: nn.Module, criterion: nn.Module, loader: Loader, runtime: Runtime) -> tuple[float, float]:
+    """Validation loss and accuracy of ``model`` (rank 0's state) over every rank's slice: the whole set."""
+    world = runtime.world
+    world.sync_buffers(model)
+    loss, y_true, y_pred = evaluate(model, criterion, loader, runtime.device)
+    correct = sum(int(t == p) for t, p in zip(y_true, y_pred, strict=True))
+    loss_total, correct_total, count = world.sum(
+        [loss * len(y_true), float(correct), float(len(y_true))], runtime.device
+    )
+    return loss_total / max(count, 1), correct_total / max(count, 1)
+
+
 def main(
     config: TrainConfig,
     split: DatasetSplit,
@@ -163,10 +203,12 @@ def main(
     imagenet_state: dict[str, torch.Tensor] | None = None,
     report: Report | None = None,
     check: Callable[[], None] = _never_stop,
-) -> tuple[Evaluation, dict[str, torch.Tensor]]:
+) -> tuple[Evaluation, dict[str, torch.Tensor]] | None:
     """Train (or finish training) and return the validation evaluation of the best epoch's weights and
-    those weights. ``workdir`` holds the checkpoint and best weights."""
+    those weights (None on ranks other than 0). ``workdir`` holds the checkpoint and best weights; with
+    several ranks it is the same directory for all (every rank resumes from rank 0's checkpoint)."""
     runtime = runtime or Runtime()
+    world = runtime.world
     emit: Report = report or (lambda _event: None)
     workdir.mkdir(parents=True, exist_ok=True)
     device = runtime.device
@@ -174,6 +216,9 @@ def main(
     model = build_model_for_training(config, len(split.class_names), imagenet_state).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if world.rank:  # the same initial weights everywhere (seeded), different augmentation draws per rank
+        torch.manual_seed(config.seed + world.rank)
+    trained = world.wrap(model, device)
     steps = len(train_loader)
     optimizer, scheduler = build_optimizer(config, model, config.epochs * steps)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
@@ -185,7 +230,7 @@ def main(
     }
     generator = train_loader.generator
     assert generator is not None
-    loop = resume.restore(resume.load_checkpoint(workdir), config, parts, generator)
+    loop = resume.restore(resume.load_checkpoint(workdir), config, parts, generator, rank=world.rank)
     if loop["epoch"]:
         emit(
             TrainEvent(
@@ -198,8 +243,10 @@ def main(
     while not loop["finished"] and loop["epoch"] < config.epochs:
         epoch = loop["epoch"] + 1
         started = time.perf_counter()
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(
-            model,
+            trained,
             criterion,
             optimizer,
             scheduler,
@@ -213,8 +260,7 @@ def main(
             check=check,
         )
         check()
-        val_loss, y_true, y_pred = evaluate(model, plain, val_loader, device)
-        val_accuracy = sum(int(t == p) for t, p in zip(y_true, y_pred, strict=True)) / max(len(y_true), 1)
+        val_loss, val_accuracy = validate(model, plain, val_loader, runtime)
         clock.epoch_seconds.append(time.perf_counter() - started)
         record = {
             "epoch": epoch,
@@ -223,30 +269,43 @@ def main(
             "val_accuracy": val_accuracy,
             "learning_rate": float(scheduler.get_last_lr()[0]),
         }
-        _end_epoch(loop, record, model, config, workdir)
-        resume.save_checkpoint(
-            {
-                **{k: (v.state_dict() if v is not None else {}) for k, v in parts.items()},
-                **loop,
-                "args": config.to_dict(),
-                "rng": resume.capture_rng(generator),
-            },
-            workdir,
-        )
+        _end_epoch(loop, record, model, config, workdir, world)
+        rng = world.gather(resume.capture_rng(generator))
+        if world.is_main:
+            resume.save_checkpoint(
+                {
+                    **{k: (v.state_dict() if v is not None else {}) for k, v in parts.items()},
+                    **loop,
+                    "args": config.to_dict(),
+                    "rng": rng[0],
+                    **({"rng_by_rank": rng} if world.distributed else {}),
+                },
+                workdir,
+            )
         emit(_epoch_event(record, config, clock, loop))
-    return _final_evaluation(model, plain, val_loader, device, split, workdir, loop)
+    if not world.is_main:
+        return None
+    whole = val_loader if not world.distributed else validation_loader(config, split, runtime, World())
+    return _final_evaluation(model, plain, whole, device, split, workdir, loop)
 
 
 def _end_epoch(
-    loop: dict[str, Any], record: dict[str, float], model: nn.Module, config: TrainConfig, workdir: Path
+    loop: dict[str, Any],
+    record: dict[str, float],
+    model: nn.Module,
+    config: TrainConfig,
+    workdir: Path,
+    world: World,
 ) -> None:
-    """Book-keeping after validation: history, best weights, early stopping."""
+    """Book-keeping after validation: history, best weights (written by rank 0), early stopping. Every
+    rank keeps the same book: the figures are global."""
     loop["epoch"] = int(record["epoch"])
     loop["history"].append(record)
     if record["val_accuracy"] > loop["best"]["accuracy"]:
         loop["best"] = {"accuracy": record["val_accuracy"], "epoch": loop["epoch"]}
         loop["bad_epochs"] = 0
-        resume.save_best_weights(model.state_dict(), workdir)
+        if world.is_main:
+            resume.save_best_weights(model.state_dict(), workdir)
     else:
         loop["bad_epochs"] += 1
     if loop["bad_epochs"] >= config.patience or loop["epoch"] >= config.epochs:

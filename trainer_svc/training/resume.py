@@ -3,7 +3,8 @@
 
 A checkpoint is a plain dict (torchvision reference style): ``model``, ``optimizer``, ``lr_scheduler``,
 ``scaler``, ``epoch`` (epochs completed), ``args`` (the TrainConfig as a dict), ``rng`` (torch, CUDA, Python
-and loader-generator states), ``history`` (one dict per completed epoch), ``best`` and ``finished``.
+and loader-generator states; with several ranks also ``rng_by_rank``, every rank's), ``history`` (one
+dict per completed epoch), ``best`` and ``finished``.
 Tensors, numbers, strings, lists, tuples and dicts only: nothing that needs unpickling code.
 """
 
@@ -97,6 +98,14 @@ def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> Non
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _written_for(args: Any) -> dict[str, Any] | None:
+    """The settings a checkpoint's ``args`` name, a field it predates at that field's default."""
+    try:
+        return TrainConfig.from_dict(args).to_dict() if isinstance(args, dict) else None
+    except TypeError:
+        return None
+
+
 LOOP_KEYS = ("epoch", "history", "best", "bad_epochs", "finished")
 
 
@@ -105,10 +114,13 @@ def restore(
     config: TrainConfig,
     parts: dict[str, Any],
     generator: torch.Generator,
+    *,
+    rank: int = 0,
 ) -> dict[str, Any]:
     """Load a checkpoint's states into ``parts`` (model, optimizer, lr_scheduler, scaler) and the loader's
     ``generator``; return the loop's bookkeeping (epoch, history, best, bad_epochs, finished). Without a
-    checkpoint: the bookkeeping of a run that has not started."""
+    checkpoint: the bookkeeping of a run that has not started. ``rank`` picks the random states of that rank
+    (every rank of a run loads the one checkpoint rank 0 wrote)."""
     if state is None:
         return {
             "epoch": 0,
@@ -117,14 +129,14 @@ def restore(
             "bad_epochs": 0,
             "finished": False,
         }
-    if state.get("args") != config.to_dict():
+    if _written_for(state.get("args")) != config.to_dict():
         raise InvalidCheckpoint("the checkpoint was written for different training settings")
     try:
         for key in ("model", "optimizer", "lr_scheduler"):
             parts[key].load_state_dict(state[key])
         if parts["scaler"] is not None and state.get("scaler"):
             parts["scaler"].load_state_dict(state["scaler"])
-        restore_rng(state["rng"], generator)
-    except (KeyError, RuntimeError, ValueError) as exc:
+        restore_rng(state.get("rng_by_rank", [state["rng"]])[rank], generator)
+    except (KeyError, IndexError, RuntimeError, ValueError) as exc:
         raise InvalidCheckpoint(f"the checkpoint does not fit this run ({exc})") from exc
     return {k: state[k] for k in LOOP_KEYS}

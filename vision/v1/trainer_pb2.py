@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vision.v1 import common_pb2 as vision_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vision/v1/trainer.proto\x12\tvision.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vision/v1/common.proto\"\x11\n\x0fUploadedDataset\"\"\n\x12ImageFolderDataset\x12\x0c\n\x04path\x18\x01 \x01(\t\".\n\x0e\x46ood101Dataset\x12\x1c\n\x14max_images_per_class\x18\x01 \x01(\x05\"\xae\x04\n\x07JobSpec\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12-\n\x0c\x61rchitecture\x18\x02 \x01(\x0e\x32\x17.vision.v1.Architecture\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x12\n\npretrained\x18\x04 \x01(\x08\x12\"\n\x04mode\x18\x05 \x01(\x0e\x32\x14.vision.v1.TrainMode\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x05\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\'\n\toptimizer\x18\t \x01(\x0e\x32\x14.vision.v1.Optimizer\x12\x14\n\x0cval_fraction\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x05\x12\x10\n\x08patience\x18\x0c \x01(\x05\x12\x17\n\x0flabel_smoothing\x18\r \x01(\x01\x12,\n\x06upload\x18\x0e \x01(\x0b\x32\x1a.vision.v1.UploadedDatasetH\x00\x12\x35\n\x0cimage_folder\x18\x0f \x01(\x0b\x32\x1d.vision.v1.ImageFolderDatasetH\x00\x12,\n\x07\x66ood101\x18\x10 \x01(\x0b\x32\x19.vision.v1.Food101DatasetH\x00\x12\x10\n\x08img_size\x18\x11 \x01(\x05\x12\x1c\n\x0fhorizontal_flip\x18\x12 \x01(\x08H\x01\x88\x01\x01\x42\t\n\x07\x64\x61tasetB\x12\n\x10_horizontal_flip\"c\n\nImageChunk\x12\x12\n\nfile_index\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"i\n\x10\x43reateJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x12.vision.v1.JobSpecH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.vision.v1.ImageChunkH\x00\x42\t\n\x07payload\"b\n\x0c\x43lassMetrics\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x05\"\xd6\x01\n\tJobResult\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.vision.v1.ModelRef\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12*\n\tper_class\x18\x03 \x03(\x0b\x32\x17.vision.v1.ClassMetrics\x12\x18\n\x10\x63onfusion_matrix\x18\x04 \x03(\x05\x12\x12\n\nbest_epoch\x18\x05 \x01(\x05\x12\x1c\n\x14\x63onfusion_matrix_png\x18\x06 \x01(\x0c\x12\x1b\n\x13training_curves_png\x18\x07 \x01(\x0c\"\xe3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.vision.v1.JobState\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.vision.v1.JobSpec\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65poch\x18\x07 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x08 \x01(\x05\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x35\n\x0c\x63lass_counts\x18\n \x03(\x0b\x32\x1f.vision.v1.Job.ClassCountsEntry\x12$\n\x06result\x18\x0b \x01(\x0b\x32\x14.vision.v1.JobResult\x12%\n\x08progress\x18\x0c \x01(\x0b\x32\x13.vision.v1.JobEvent\x12\r\n\x05owner\x18\r \x01(\t\x1a\x32\n\x10\x43lassCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"I\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.vision.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\xf8\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.vision.v1.JobEvent.Kind\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.vision.v1.JobState\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x06 \x01(\x05\x12\x0c\n\x04step\x18\x07 \x01(\x05\x12\x17\n\x0fsteps_per_epoch\x18\x08 \x01(\x05\x12\x12\n\ntrain_loss\x18\t \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\n \x01(\x01\x12\x10\n\x08val_loss\x18\x0b \x01(\x01\x12\x14\n\x0cval_accuracy\x18\x0c \x01(\x01\x12\x15\n\rlearning_rate\x18\r \x01(\x01\x12\x19\n\x11images_per_second\x18\x0e \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0f \x01(\x01\x12\x0f\n\x07message\x18\x10 \x01(\t\x12\x0b\n\x03seq\x18\x11 \x01(\x03\"a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_STATE\x10\x01\x12\x11\n\rKIND_PROGRESS\x10\x02\x12\x0e\n\nKIND_EPOCH\x10\x03\x12\x10\n\x0cKIND_MESSAGE\x10\x04\";\n\x15GetModelReportRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.vision.v1.ModelRef\"N\n\x16GetModelReportResponse\x12$\n\x06report\x18\x01 \x01(\x0b\x32\x14.vision.v1.JobResult\x12\x0e\n\x06job_id\x18\x02 \x01(\t*}\n\x0c\x41rchitecture\x12\x1c\n\x18\x41RCHITECTURE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41RCHITECTURE_RESNET18\x10\x01\x12\x19\n\x15\x41RCHITECTURE_RESNET50\x10\x02\x12\x19\n\x15\x41RCHITECTURE_SMALLCNN\x10\x03*S\n\tTrainMode\x12\x1a\n\x16TRAIN_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11TRAIN_MODE_FROZEN\x10\x01\x12\x13\n\x0fTRAIN_MODE_FULL\x10\x02*M\n\tOptimizer\x12\x19\n\x15OPTIMIZER_UNSPECIFIED\x10\x00\x12\x12\n\x0eOPTIMIZER_ADAM\x10\x01\x12\x11\n\rOPTIMIZER_SGD\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x8e\x03\n\x07Trainer\x12:\n\tCreateJob\x12\x1b.vision.v1.CreateJobRequest\x1a\x0e.vision.v1.Job(\x01\x12\x32\n\x06GetJob\x12\x18.vision.v1.GetJobRequest\x1a\x0e.vision.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.vision.v1.ListJobsRequest\x1a\x1b.vision.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.vision.v1.CancelJobRequest\x1a\x0e.vision.v1.Job\x12=\n\x08WatchJob\x12\x1a.vision.v1.WatchJobRequest\x1a\x13.vision.v1.JobEvent0\x01\x12U\n\x0eGetModelReport\x12 .vision.v1.GetModelReportRequest\x1a!.vision.v1.GetModelReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vision/v1/trainer.proto\x12\tvision.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vision/v1/common.proto\"\x11\n\x0fUploadedDataset\"\"\n\x12ImageFolderDataset\x12\x0c\n\x04path\x18\x01 \x01(\t\".\n\x0e\x46ood101Dataset\x12\x1c\n\x14max_images_per_class\x18\x01 \x01(\x05\"\xd6\x04\n\x07JobSpec\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12-\n\x0c\x61rchitecture\x18\x02 \x01(\x0e\x32\x17.vision.v1.Architecture\x12\x13\n\x0b\x63lass_names\x18\x03 \x03(\t\x12\x12\n\npretrained\x18\x04 \x01(\x08\x12\"\n\x04mode\x18\x05 \x01(\x0e\x32\x14.vision.v1.TrainMode\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x05\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\'\n\toptimizer\x18\t \x01(\x0e\x32\x14.vision.v1.Optimizer\x12\x14\n\x0cval_fraction\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x05\x12\x10\n\x08patience\x18\x0c \x01(\x05\x12\x17\n\x0flabel_smoothing\x18\r \x01(\x01\x12,\n\x06upload\x18\x0e \x01(\x0b\x32\x1a.vision.v1.UploadedDatasetH\x00\x12\x35\n\x0cimage_folder\x18\x0f \x01(\x0b\x32\x1d.vision.v1.ImageFolderDatasetH\x00\x12,\n\x07\x66ood101\x18\x10 \x01(\x0b\x32\x19.vision.v1.Food101DatasetH\x00\x12\x10\n\x08img_size\x18\x11 \x01(\x05\x12\x1c\n\x0fhorizontal_flip\x18\x12 \x01(\x08H\x01\x88\x01\x01\x12\x16\n\x0enproc_per_node\x18\x13 \x01(\x05\x12\x0e\n\x06nnodes\x18\x14 \x01(\x05\x42\t\n\x07\x64\x61tasetB\x12\n\x10_horizontal_flip\"c\n\nImageChunk\x12\x12\n\nfile_index\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"i\n\x10\x43reateJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x12.vision.v1.JobSpecH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.vision.v1.ImageChunkH\x00\x42\t\n\x07payload\"b\n\x0c\x43lassMetrics\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x05\"\xd6\x01\n\tJobResult\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.vision.v1.ModelRef\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12*\n\tper_class\x18\x03 \x03(\x0b\x32\x17.vision.v1.ClassMetrics\x12\x18\n\x10\x63onfusion_matrix\x18\x04 \x03(\x05\x12\x12\n\nbest_epoch\x18\x05 \x01(\x05\x12\x1c\n\x14\x63onfusion_matrix_png\x18\x06 \x01(\x0c\x12\x1b\n\x13training_curves_png\x18\x07 \x01(\x0c\"\xe3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.vision.v1.JobState\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.vision.v1.JobSpec\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65poch\x18\x07 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x08 \x01(\x05\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x35\n\x0c\x63lass_counts\x18\n \x03(\x0b\x32\x1f.vision.v1.Job.ClassCountsEntry\x12$\n\x06result\x18\x0b \x01(\x0b\x32\x14.vision.v1.JobResult\x12%\n\x08progress\x18\x0c \x01(\x0b\x32\x13.vision.v1.JobEvent\x12\r\n\x05owner\x18\r \x01(\t\x1a\x32\n\x10\x43lassCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"I\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.vision.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\xf8\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.vision.v1.JobEvent.Kind\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.vision.v1.JobState\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x06 \x01(\x05\x12\x0c\n\x04step\x18\x07 \x01(\x05\x12\x17\n\x0fsteps_per_epoch\x18\x08 \x01(\x05\x12\x12\n\ntrain_loss\x18\t \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\n \x01(\x01\x12\x10\n\x08val_loss\x18\x0b \x01(\x01\x12\x14\n\x0cval_accuracy\x18\x0c \x01(\x01\x12\x15\n\rlearning_rate\x18\r \x01(\x01\x12\x19\n\x11images_per_second\x18\x0e \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0f \x01(\x01\x12\x0f\n\x07message\x18\x10 \x01(\t\x12\x0b\n\x03seq\x18\x11 \x01(\x03\"a\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_STATE\x10\x01\x12\x11\n\rKIND_PROGRESS\x10\x02\x12\x0e\n\nKIND_EPOCH\x10\x03\x12\x10\n\x0cKIND_MESSAGE\x10\x04\";\n\x15GetModelReportRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.vision.v1.ModelRef\"N\n\x16GetModelReportResponse\x12$\n\x06report\x18\x01 \x01(\x0b\x32\x14.vision.v1.JobResult\x12\x0e\n\x06job_id\x18\x02 \x01(\t*}\n\x0c\x41rchitecture\x12\x1c\n\x18\x41RCHITECTURE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41RCHITECTURE_RESNET18\x10\x01\x12\x19\n\x15\x41RCHITECTURE_RESNET50\x10\x02\x12\x19\n\x15\x41RCHITECTURE_SMALLCNN\x10\x03*S\n\tTrainMode\x12\x1a\n\x16TRAIN_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11TRAIN_MODE_FROZEN\x10\x01\x12\x13\n\x0fTRAIN_MODE_FULL\x10\x02*M\n\tOptimizer\x12\x19\n\x15OPTIMIZER_UNSPECIFIED\x10\x00\x12\x12\n\x0eOPTIMIZER_ADAM\x10\x01\x12\x11\n\rOPTIMIZER_SGD\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x8e\x03\n\x07Trainer\x12:\n\tCreateJob\x12\x1b.vision.v1.CreateJobRequest\x1a\x0e.vision.v1.Job(\x01\x12\x32\n\x06GetJob\x12\x18.vision.v1.GetJobRequest\x1a\x0e.vision.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.vision.v1.ListJobsRequest\x1a\x1b.vision.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.vision.v1.CancelJobRequest\x1a\x0e.vision.v1.Job\x12=\n\x08WatchJob\x12\x1a.vision.v1.WatchJobRequest\x1a\x13.vision.v1.JobEvent0\x01\x12U\n\x0eGetModelReport\x12 .vision.v1.GetModelReportRequest\x1a!.vision.v1.GetModelReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_CLASSCOUNTSENTRY']._loaded_options = None
   _globals['_JOB_CLASSCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_ARCHITECTURE']._serialized_start=2674
-  _globals['_ARCHITECTURE']._serialized_end=2799
-  _globals['_TRAINMODE']._serialized_start=2801
-  _globals['_TRAINMODE']._serialized_end=2884
-  _globals['_OPTIMIZER']._serialized_start=2886
-  _globals['_OPTIMIZER']._serialized_end=2963
-  _globals['_JOBSTATE']._serialized_start=2966
-  _globals['_JOBSTATE']._serialized_end=3120
+  _globals['_ARCHITECTURE']._serialized_start=2714
+  _globals['_ARCHITECTURE']._serialized_end=2839
+  _globals['_TRAINMODE']._serialized_start=2841
+  _globals['_TRAINMODE']._serialized_end=2924
+  _globals['_OPTIMIZER']._serialized_start=2926
+  _globals['_OPTIMIZER']._serialized_end=3003
+  _globals['_JOBSTATE']._serialized_start=3006
+  _globals['_JOBSTATE']._serialized_end=3160
   _globals['_UPLOADEDDATASET']._serialized_start=95
   _globals['_UPLOADEDDATASET']._serialized_end=112
   _globals['_IMAGEFOLDERDATASET']._serialized_start=114
@@ -50,37 +50,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FOOD101DATASET']._serialized_start=150
   _globals['_FOOD101DATASET']._serialized_end=196
   _globals['_JOBSPEC']._serialized_start=199
-  _globals['_JOBSPEC']._serialized_end=757
-  _globals['_IMAGECHUNK']._serialized_start=759
-  _globals['_IMAGECHUNK']._serialized_end=858
-  _globals['_CREATEJOBREQUEST']._serialized_start=860
-  _globals['_CREATEJOBREQUEST']._serialized_end=965
-  _globals['_CLASSMETRICS']._serialized_start=967
-  _globals['_CLASSMETRICS']._serialized_end=1065
-  _globals['_JOBRESULT']._serialized_start=1068
-  _globals['_JOBRESULT']._serialized_end=1282
-  _globals['_JOB']._serialized_start=1285
-  _globals['_JOB']._serialized_end=1768
-  _globals['_JOB_CLASSCOUNTSENTRY']._serialized_start=1718
-  _globals['_JOB_CLASSCOUNTSENTRY']._serialized_end=1768
-  _globals['_GETJOBREQUEST']._serialized_start=1770
-  _globals['_GETJOBREQUEST']._serialized_end=1801
-  _globals['_LISTJOBSREQUEST']._serialized_start=1803
-  _globals['_LISTJOBSREQUEST']._serialized_end=1859
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1861
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1934
-  _globals['_CANCELJOBREQUEST']._serialized_start=1936
-  _globals['_CANCELJOBREQUEST']._serialized_end=1970
-  _globals['_WATCHJOBREQUEST']._serialized_start=1972
-  _globals['_WATCHJOBREQUEST']._serialized_end=2024
-  _globals['_JOBEVENT']._serialized_start=2027
-  _globals['_JOBEVENT']._serialized_end=2531
-  _globals['_JOBEVENT_KIND']._serialized_start=2434
-  _globals['_JOBEVENT_KIND']._serialized_end=2531
-  _globals['_GETMODELREPORTREQUEST']._serialized_start=2533
-  _globals['_GETMODELREPORTREQUEST']._serialized_end=2592
-  _globals['_GETMODELREPORTRESPONSE']._serialized_start=2594
-  _globals['_GETMODELREPORTRESPONSE']._serialized_end=2672
-  _globals['_TRAINER']._serialized_start=3123
-  _globals['_TRAINER']._serialized_end=3521
+  _globals['_JOBSPEC']._serialized_end=797
+  _globals['_IMAGECHUNK']._serialized_start=799
+  _globals['_IMAGECHUNK']._serialized_end=898
+  _globals['_CREATEJOBREQUEST']._serialized_start=900
+  _globals['_CREATEJOBREQUEST']._serialized_end=1005
+  _globals['_CLASSMETRICS']._serialized_start=1007
+  _globals['_CLASSMETRICS']._serialized_end=1105
+  _globals['_JOBRESULT']._serialized_start=1108
+  _globals['_JOBRESULT']._serialized_end=1322
+  _globals['_JOB']._serialized_start=1325
+  _globals['_JOB']._serialized_end=1808
+  _globals['_JOB_CLASSCOUNTSENTRY']._serialized_start=1758
+  _globals['_JOB_CLASSCOUNTSENTRY']._serialized_end=1808
+  _globals['_GETJOBREQUEST']._serialized_start=1810
+  _globals['_GETJOBREQUEST']._serialized_end=1841
+  _globals['_LISTJOBSREQUEST']._serialized_start=1843
+  _globals['_LISTJOBSREQUEST']._serialized_end=1899
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1901
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1974
+  _globals['_CANCELJOBREQUEST']._serialized_start=1976
+  _globals['_CANCELJOBREQUEST']._serialized_end=2010
+  _globals['_WATCHJOBREQUEST']._serialized_start=2012
+  _globals['_WATCHJOBREQUEST']._serialized_end=2064
+  _globals['_JOBEVENT']._serialized_start=2067
+  _globals['_JOBEVENT']._serialized_end=2571
+  _globals['_JOBEVENT_KIND']._serialized_start=2474
+  _globals['_JOBEVENT_KIND']._serialized_end=2571
+  _globals['_GETMODELREPORTREQUEST']._serialized_start=2573
+  _globals['_GETMODELREPORTREQUEST']._serialized_end=2632
+  _globals['_GETMODELREPORTRESPONSE']._serialized_start=2634
+  _globals['_GETMODELREPORTRESPONSE']._serialized_end=2712
+  _globals['_TRAINER']._serialized_start=3163
+  _globals['_TRAINER']._serialized_end=3561
 # @@protoc_insertion_point(module_scope)

@@ -72,7 +72,7 @@ class Food101Dataset(_message.Message):
     def __init__(self, max_images_per_class: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("model_name", "architecture", "class_names", "pretrained", "mode", "epochs", "batch_size", "learning_rate", "optimizer", "val_fraction", "seed", "patience", "label_smoothing", "upload", "image_folder", "food101", "img_size", "horizontal_flip")
+    __slots__ = ("model_name", "architecture", "class_names", "pretrained", "mode", "epochs", "batch_size", "learning_rate", "optimizer", "val_fraction", "seed", "patience", "label_smoothing", "upload", "image_folder", "food101", "img_size", "horizontal_flip", "nproc_per_node", "nnodes")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,8 @@ class JobSpec(_message.Message):
     FOOD101_FIELD_NUMBER: _ClassVar[int]
     IMG_SIZE_FIELD_NUMBER: _ClassVar[int]
     HORIZONTAL_FLIP_FIELD_NUMBER: _ClassVar[int]
+    NPROC_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    NNODES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     architecture: Architecture
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -109,7 +111,9 @@ class JobSpec(_message.Message):
     food101: Food101Dataset
     img_size: int
     horizontal_flip: bool
-    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., pretrained: _Optional[bool] = ..., mode: _Optional[_Union[TrainMode, str]] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., patience: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., upload: _Optional[_Union[UploadedDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., food101: _Optional[_Union[Food101Dataset, _Mapping]] = ..., img_size: _Optional[int] = ..., horizontal_flip: _Optional[bool] = ...) -> None: ...
+    nproc_per_node: int
+    nnodes: int
+    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., pretrained: _Optional[bool] = ..., mode: _Optional[_Union[TrainMode, str]] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., patience: _Optional[int] = ..., label_smoothing: _Optional[float] = ..., upload: _Optional[_Union[UploadedDataset, _Mapping]] = ..., image_folder: _Optional[_Union[ImageFolderDataset, _Mapping]] = ..., food101: _Optional[_Union[Food101Dataset, _Mapping]] = ..., img_size: _Optional[int] = ..., horizontal_flip: _Optional[bool] = ..., nproc_per_node: _Optional[int] = ..., nnodes: _Optional[int] = ...) -> None: ...
 
 class ImageChunk(_message.Message):
     __slots__ = ("file_index", "class_name", "file_name", "data", "last")
