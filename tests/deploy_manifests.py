@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
+import re
+import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +225,12 @@ class Render:
     monitoring: bool = False  # the Prometheus Operator's objects: ServiceMonitors, alerts, Grafana dashboard
     keda: bool = False  # KEDA ScaledObjects instead of the inference services' HorizontalPodAutoscalers
     prometheus_namespace: str = "monitoring"  # the only namespace that may scrape the metrics ports
+    seed_models: bool = False  # the Job that fetches the first models into the store
+    trainer_backend: str = "local"  # "kubernetes": distributed training as Kubernetes Jobs (RBAC, workers)
+    runtime_class: str = ""  # the GPU pods' RuntimeClass
+    highly_available: bool = True  # 2+ replicas of the gateway and inference services, disruption budgets
+    assigned_uid: bool = False  # the platform assigns uid, gid and fsGroup (OpenShift's restricted-v2 SCC)
+    torch_tag_suffix: str = ""  # what the torch images' tags end in ("-cpu": the CPU builds)
 
     def __str__(self) -> str:
         return self.id
@@ -234,7 +243,21 @@ class Render:
 
 RENDERS = (
     Render("kustomize-gpu", "kustomize", ("overlays/gpu",), gpu=True),
-    Render("kustomize-cpu", "kustomize", ("overlays/cpu",), gpu=False),
+    Render("kustomize-cpu", "kustomize", ("overlays/cpu",), gpu=False, torch_tag_suffix="-cpu"),
+    Render(
+        "kustomize-gpu-seed",
+        "kustomize",
+        ("overlays/gpu", "components/seed-models"),
+        gpu=True,
+        seed_models=True,
+    ),
+    Render(
+        "kustomize-gpu-trainer-kubernetes",
+        "kustomize",
+        ("overlays/gpu", "components/trainer-kubernetes"),
+        gpu=True,
+        trainer_backend="kubernetes",
+    ),
     Render(
         "kustomize-gpu-ingress", "kustomize", ("overlays/gpu", "components/ingress"), gpu=True, ingress=True
     ),
@@ -256,6 +279,8 @@ RENDERS = (
             "components/oidc",
             "components/monitoring",
             "components/keda",
+            "components/seed-models",
+            "components/trainer-kubernetes",
         ),
         gpu=False,
         ingress=True,
@@ -263,11 +288,40 @@ RENDERS = (
         jwt=True,
         monitoring=True,
         keda=True,
+        seed_models=True,
+        trainer_backend="kubernetes",
+        torch_tag_suffix="-cpu",
     ),
-    Render("helm-default", "helm", (), gpu=True),
-    Render("helm-cpu", "helm", ("values-cpu.yaml",), gpu=False),
+    Render("helm-default", "helm", (), gpu=True, seed_models=True),
+    Render("helm-cpu", "helm", ("values-cpu.yaml",), gpu=False, seed_models=True, torch_tag_suffix="-cpu"),
     Render("helm-tls", "helm", ("ci/tls-values.yaml",), gpu=True, tls=True),
     Render("helm-monitoring", "helm", ("ci/monitoring-values.yaml",), gpu=True, monitoring=True),
+    Render(
+        "helm-trainer-kubernetes",
+        "helm",
+        ("ci/trainer-kubernetes-values.yaml",),
+        gpu=True,
+        trainer_backend="kubernetes",
+    ),
+    Render(
+        "helm-production",
+        "helm",
+        ("values-production.yaml",),
+        gpu=True,
+        ingress=True,
+        tls=True,
+        monitoring=True,
+        seed_models=True,
+    ),
+    Render(
+        "helm-openshift",
+        "helm",
+        ("values-openshift.yaml", "values-cpu.yaml"),
+        gpu=False,
+        seed_models=True,
+        assigned_uid=True,
+        torch_tag_suffix="-cpu",
+    ),
     Render(
         "helm-full",
         "helm",
@@ -278,6 +332,9 @@ RENDERS = (
         jwt=True,
         monitoring=True,
         prometheus_namespace="observability",
+        seed_models=True,
+        trainer_backend="kubernetes",
+        runtime_class="nvidia",
     ),
     Render(
         "helm-minimal",
@@ -288,17 +345,12 @@ RENDERS = (
         release="demo",
         network_policies=False,
         autoscaling=False,
+        highly_available=False,
+        seed_models=True,
     ),
 )
 RENDER = {r.id: r for r in RENDERS}
-HELM_VALUES = (
-    (),
-    ("values-cpu.yaml",),
-    ("ci/tls-values.yaml",),
-    ("ci/monitoring-values.yaml",),
-    ("ci/full-values.yaml",),
-    ("ci/minimal-values.yaml",),
-)
+HELM_VALUES = tuple(r.source for r in RENDERS if r.tool == "helm")
 # Kinds that live outside any namespace; every other object must name one (or it lands in whatever
 # namespace kubectl's context has, where the Services it points at do not exist).
 CLUSTER_SCOPED_KINDS = frozenset(
@@ -309,18 +361,42 @@ CLUSTER_SCOPED_KINDS = frozenset(
 
 def _kustomize(render: Render) -> str:
     overlay, *components = render.source
-    if not components:
+    return kustomize(overlay, components)
+
+
+# A commented block of an overlay that the README tells users to uncomment: the lines between "# >>> <name>"
+# and "# <<< <name>", each "# " after the indentation removed.
+_COMMENTED = r"^(?P<indent> *)# >>> {name}\n(?P<body>.*?)^(?P=indent)# <<< {name}\n"
+
+
+def uncommented(text: str, name: str) -> str:
+    """``text`` with the commented block ``name`` made live (a missing or malformed block fails)."""
+    match = re.search(_COMMENTED.format(name=re.escape(name)), text, re.MULTILINE | re.DOTALL)
+    assert match, f"no commented block {name!r}"
+    indent, lines = match.group("indent"), match.group("body").splitlines(keepends=True)
+    assert lines and all(line.startswith(f"{indent}# ") for line in lines), f"block {name!r}: {lines}"
+    live = "".join(indent + line[len(indent) + 2 :] for line in lines)
+    return text[: match.start()] + live + text[match.end() :]
+
+
+def kustomize(overlay: str, components: Sequence[str] = (), uncomment: Sequence[str] = ()) -> str:
+    """`kubectl kustomize` of an overlay with optional components listed in its own `components:` and
+    commented blocks of its kustomization.yaml uncommented: what a user does by editing the overlay, as the
+    README says (an overlay's `images:` and `namespace:` then apply to the components' objects too)."""
+    if not components and not uncomment:
         return run_tool([k8s_tools().kubectl, "kustomize", K8S / overlay])
-    # An overlay plus optional components, the way a user composes them in their own kustomization.
     with tempfile.TemporaryDirectory(prefix="kustomize-") as tmp:
-        kustomization = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": [os.path.relpath(K8S / overlay, tmp)],
-            "components": [os.path.relpath(K8S / c, tmp) for c in components],
-        }
-        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-        return run_tool([k8s_tools().kubectl, "kustomize", tmp])
+        for part in ("base", "overlays", "components"):
+            shutil.copytree(K8S / part, Path(tmp) / part)
+        path = Path(tmp) / overlay / "kustomization.yaml"
+        text = path.read_text()
+        for name in uncomment:
+            text = uncommented(text, name)
+        kustomization = yaml.safe_load(text)
+        listed = kustomization.setdefault("components", [])
+        listed += [os.path.relpath(Path(tmp) / c, path.parent) for c in components]
+        path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        return run_tool([k8s_tools().kubectl, "kustomize", path.parent])
 
 
 def _helm(render: Render) -> str:
@@ -328,6 +404,19 @@ def _helm(render: Render) -> str:
     for values in render.source:
         args += ["--values", CHART / values]
     return run_tool(args)
+
+
+def helm_value(render: Render, *path: str) -> Any:
+    """What the render's values files set at ``path`` (the last file that sets it), or None: for the checks
+    whose expectation a values file overrides (a Kustomize render sets nothing)."""
+    found = None
+    for source in render.source if render.tool == "helm" else ():
+        node: Any = yaml.safe_load((CHART / source).read_text()) or {}
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            found = node
+    return found
 
 
 def helm_objects(*settings: str) -> list[Obj]:
@@ -408,14 +497,32 @@ class Manifest:
         return sources
 
     def env(self, container: Obj) -> dict[str, str]:
-        """The container's environment as the process sees it (env overrides envFrom)."""
+        """The container's environment as the process sees it (env overrides envFrom; a value from the
+        container's own resources, the downward API, as the kubelet computes it)."""
         values: dict[str, str] = {}
         for source in container.get("envFrom", []):
             values.update(self.config_map(source["configMapRef"]["name"])["data"])
         for var in container.get("env", []):
-            assert "value" in var, f"{self.render}: {var['name']} should be a plain value"
-            values[var["name"]] = var["value"]
+            if "value" in var:
+                values[var["name"]] = var["value"]
+                continue
+            ref = var.get("valueFrom", {}).get("resourceFieldRef")
+            assert ref is not None, f"{self.render}: {var['name']} should be a plain value or a resource"
+            values[var["name"]] = str(resource_field(container, ref))
         return values
+
+    def jobs(self) -> dict[str, Obj]:
+        """{component: Job} (the seeding Job)."""
+        return {
+            j["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: j
+            for j in self.of_kind("Job")
+        }
+
+    def job_pod_spec(self, component: str) -> Obj:
+        job = self.jobs().get(component)
+        assert job is not None, f"{self.render}: no Job for {component}"
+        spec: Obj = job["spec"]["template"]["spec"]
+        return spec
 
     def policy_rules(self, component: str, kind: str) -> list[tuple[Obj, list[Obj]]]:
         """(rule, peers) of every NetworkPolicy rule that admits traffic to (Ingress) or from (Egress) the
@@ -459,6 +566,34 @@ def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
         if not ok:
             return False
     return True
+
+
+def cpu_cores(quantity: str | int | float) -> float:
+    """A Kubernetes CPU quantity ("4", "500m", 1.5) in cores."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def resource_field(container: Obj, ref: Obj) -> int:
+    """What the kubelet puts into a variable from ``resourceFieldRef``: the container's request or limit
+    divided by the divisor, rounded up (CPU only here: that is all the manifests use)."""
+    assert ref.get("containerName", container["name"]) == container["name"], ref
+    kind, _, resource = ref["resource"].partition(".")
+    assert resource == "cpu" and kind in ("limits", "requests"), f"{ref['resource']}: only CPU is used"
+    amount = container["resources"][kind]["cpu"]
+    return math.ceil(cpu_cores(amount) / cpu_cores(ref.get("divisor", "1")))
+
+
+def grpc_target(address: str) -> tuple[str, int]:
+    """(host, port) of a gRPC target: "host:port" or "dns:///host:port" (gRPC's DNS resolver; a
+    dns://<server>/ authority is not used here)."""
+    scheme, sep, rest = address.partition(":///")
+    if not sep:
+        scheme, rest = "", address
+    assert scheme in ("", "dns"), f"{address}: only host:port or dns:///host:port targets"
+    host, _, port = rest.rpartition(":")
+    assert host and port.isdigit(), address
+    return host, int(port)
 
 
 def container_port(container: Obj, port: int | str) -> int:

@@ -1,7 +1,8 @@
 """deploy/docker: one image per service, built from the repository root. No Docker engine runs the tests,
 so they check what can be checked without one: each Dockerfile installs its own extra, runs its own
 module as a numeric non-root user, copies every package that module imports, and keeps torch out of the
-gateway."""
+gateway; the torch images share one base layer (torch-base.Dockerfile), the detector runs headless OpenCV,
+and the trainer runs under tini."""
 
 from __future__ import annotations
 
@@ -22,12 +23,18 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy_manifests import REPO, SERVICES, Service, default_metrics_port, default_port
+from tests.deploy_manifests import BY_NAME, REPO, SERVICES, Service, default_metrics_port, default_port
 
 DOCKER = REPO / "deploy" / "docker"
+TORCH_BASE = DOCKER / "torch-base.Dockerfile"
+# The lock the base installs: every other torch image's lock holds all of it (checked below).
+BASE_LOCK = "requirements/classifier.txt"
 FIRST_PARTY = ("vision", *(s.package for s in SERVICES))
 GPU_SERVICES = [s for s in SERVICES if s.gpu]
+# The model services: torch, and their images FROM the torch base (checked below).
+TORCH_SERVICES = [s for s in SERVICES if s.gpu]
 parametrize_services = pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+parametrize_torch_images = pytest.mark.parametrize("service", TORCH_SERVICES, ids=lambda s: s.name)
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,11 @@ class Instruction:
 
 def dockerfile(service: Service) -> list[Instruction]:
     """The instructions of the service's Dockerfile (comments dropped, continuation lines joined)."""
-    path = DOCKER / f"{service.name}.Dockerfile"
+    return parse_dockerfile(DOCKER / f"{service.name}.Dockerfile")
+
+
+def parse_dockerfile(path: Path) -> list[Instruction]:
+    """The instructions of a Dockerfile (comments dropped, continuation lines joined)."""
     assert path.is_file(), f"no {path.relative_to(REPO)}"
     lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
     text = re.sub(r"\\\n", " ", "\n".join(lines))
@@ -70,10 +81,11 @@ def pyproject() -> dict[str, Any]:
     return data
 
 
-def copied_from_context(service: Service) -> list[tuple[str, str]]:
+def copied_from_context(service: Service | Path) -> list[tuple[str, str]]:
     """(source, destination) of every COPY from the build context (not from another stage)."""
     pairs = []
-    for instruction in dockerfile(service):
+    instructions = parse_dockerfile(service) if isinstance(service, Path) else dockerfile(service)
+    for instruction in instructions:
         if instruction.keyword == "COPY" and "--from=" not in instruction.args:
             *sources, destination = shlex.split(instruction.args)
             pairs += [(source.rstrip("/"), destination) for source in sources]
@@ -201,11 +213,11 @@ def installed_by(extra: str) -> set[str]:
     return found
 
 
-def lock_files_installed(service: Service) -> set[str]:
+def lock_files_installed(instructions: list[Instruction]) -> set[str]:
     """The lock files (requirements/*.txt) the Dockerfile's `pip install -r` commands install from."""
     return {
         match
-        for i in dockerfile(service)
+        for i in instructions
         if i.keyword == "RUN" and "pip install" in i.args
         for match in re.findall(r"-r\s+(requirements/\S+\.txt)", i.args)
     }
@@ -214,20 +226,37 @@ def lock_files_installed(service: Service) -> set[str]:
 @parametrize_services
 def test_image_installs_its_own_extra_from_that_extras_lock(service: Service) -> None:
     # The lock of the extra, not `pip install ".[extra]"`: no resolution at build time (tests/
-    # test_dependency_floors.py checks each lock holds exactly what its extra asks for, hashed).
-    assert lock_files_installed(service) == {f"requirements/{service.extra}.txt", "requirements/build.txt"}
+    # test_dependency_floors.py checks each lock holds exactly what its extra asks for, hashed). The
+    # detector's OpenCV swap has a lock of its own (below).
+    extra = {"requirements/opencv_headless.txt"} if service.name == "detector" else set()
+    expected = {f"requirements/{service.extra}.txt", "requirements/build.txt", *extra}
+    assert lock_files_installed(dockerfile(service)) == expected
     assert service.extra in pyproject()["project"]["optional-dependencies"]
     assert not [
         i for i in dockerfile(service) if i.keyword == "RUN" and re.search(r"pip install \S*\"?\.", i.args)
     ]
 
 
+# Started under tini, Debian's init for containers, where the process has children of its own to reap.
+INIT = {"trainer": ["tini", "--"]}
+
+
 @parametrize_services
 def test_image_runs_the_service_module_which_has_a_main(service: Service) -> None:
     runtime = final_stage(dockerfile(service))
     (entrypoint,) = [i for i in runtime if i.keyword == "ENTRYPOINT"]
-    assert entrypoint.json_args() == ["python", "-m", service.package]
+    assert entrypoint.json_args() == [*INIT.get(service.name, []), "python", "-m", service.package]
     assert (REPO / service.package / "__main__.py").is_file()
+
+
+def test_trainer_image_reaps_its_workers_with_tini_from_debian() -> None:
+    # The trainer's job worker and its DataLoader workers leave orphans; a Python PID 1 never waits for them.
+    runtime = final_stage(dockerfile(BY_NAME["trainer"]))
+    installs = [i.args for i in runtime if i.keyword == "RUN" and "apt-get install" in i.args]
+    assert any(re.search(r"apt-get install .*\btini\b", args) for args in installs), installs
+    assert all("rm -rf /var/lib/apt/lists/*" in args for args in installs), "no apt lists left in the image"
+    (entrypoint,) = [i for i in runtime if i.keyword == "ENTRYPOINT"]
+    assert entrypoint.json_args()[:2] == ["tini", "--"]
 
 
 @parametrize_services
@@ -240,19 +269,73 @@ def test_image_runs_as_a_numeric_non_root_user(service: Service) -> None:
     assert not gid or (gid.isdigit() and int(gid) > 0), users[-1]
 
 
+def _python_image_default(instructions: list[Instruction]) -> str:
+    (default,) = [i.args for i in instructions if i.keyword == "ARG" and i.args.startswith("PYTHON_IMAGE=")]
+    return default
+
+
 @parametrize_services
 def test_image_is_multi_stage_and_the_runtime_takes_only_the_built_environment(service: Service) -> None:
     instructions = dockerfile(service)
     froms = [i.args for i in instructions if i.keyword == "FROM"]
     assert len(froms) >= 2, "a builder stage and a runtime stage"
-    assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
-    (default,) = [i.args for i in instructions if i.keyword == "ARG" and i.args.startswith("PYTHON_IMAGE=")]
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", default), default
+    # The locks' Python (3.11: `make lock --python-version 3.11`), Debian slim.
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", _python_image_default(instructions))
     runtime = final_stage(instructions)
     assert not [i for i in runtime if i.keyword == "COPY" and "--from=" not in i.args], (
         "sources stay in the builder"
     )
-    assert any(i.keyword == "COPY" and i.args.startswith("--from=builder /opt/venv") for i in runtime)
+    assert froms[0].startswith("${PYTHON_IMAGE} AS builder"), froms[0]
+    if service in TORCH_SERVICES:
+        # The runtime is the shared torch layer plus this service's own: the venv is the base's, extended.
+        assert froms[-1] == "${BASE_IMAGE} AS runtime", froms[-1]
+        assert not any(i.keyword == "COPY" and "/opt/venv" in i.args for i in runtime), "the base's venv"
+        assert lock_files_installed(runtime) >= {f"requirements/{service.extra}.txt"}
+    else:
+        assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
+        assert any(i.keyword == "COPY" and i.args.startswith("--from=builder /opt/venv") for i in runtime)
+
+
+@parametrize_torch_images
+def test_torch_images_are_built_on_the_shared_torch_base(service: Service) -> None:
+    (arg,) = [i.args for i in dockerfile(service) if i.keyword == "ARG" and i.args.startswith("BASE_IMAGE=")]
+    assert arg == "BASE_IMAGE=vision-torch-base", "the name torch-base.Dockerfile's comment builds it as"
+    assert "torch" in requirements_of(service.extra)
+
+
+def test_the_torch_base_installs_the_shared_lock_once_and_names_its_torch_build() -> None:
+    base = parse_dockerfile(TORCH_BASE)
+    assert [i.args for i in base if i.keyword == "FROM"] == ["${PYTHON_IMAGE}"], "one stage"
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", _python_image_default(base))
+    assert lock_files_installed(base) == {BASE_LOCK}
+    installs = [i.args for i in base if i.keyword == "RUN" and "pip install" in i.args]
+    assert all("--require-hashes" in args for args in installs), installs
+    assert any('"${TORCH_VERSION}+${TORCH_CUDA}"' in args for args in installs), "the torch build is checked"
+    assert copied_from_context(TORCH_BASE) == [(BASE_LOCK, "./requirements/")], "the lock and nothing else"
+    # The runtime user the services switch to, made once.
+    assert any("useradd --uid 10001 --gid 10001" in i.args for i in base if i.keyword == "RUN")
+    # The base is built as root and installs into /opt/venv; only the service images drop to 10001.
+    assert not [i for i in base if i.keyword in ("USER", "ENTRYPOINT", "CMD")]
+
+
+@pytest.mark.parametrize("service", TORCH_SERVICES[1:], ids=lambda s: s.name)
+def test_every_torch_lock_holds_the_base_lock_at_the_same_pins_and_hashes(service: Service) -> None:
+    # Else pip would replace a package of the shared layer in the service's layer: nothing would be shared.
+    base, own = read_lock(BASE_LOCK), read_lock(f"requirements/{service.extra}.txt")
+    for name, (version, hashes) in base.items():
+        assert name in own, f"{service.extra}.txt lacks {name} (in {BASE_LOCK})"
+        assert own[name] == (version, hashes), f"{service.extra}.txt: {name} differs from {BASE_LOCK}"
+
+
+def read_lock(relative: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """{name: (version, sha256 hashes)} of a hashed lock."""
+    pins = {}
+    for entry in re.split(r"\n(?=\S)", (REPO / relative).read_text()):
+        match = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", entry)
+        if match:
+            hashes = frozenset(re.findall(r"--hash=sha256:([0-9a-f]{64})", entry))
+            pins[canonicalize_name(match.group(1))] = (match.group(2), hashes)
+    return pins
 
 
 @parametrize_services
@@ -349,7 +432,10 @@ def test_gpu_images_name_the_torch_build_their_lock_pins(service: Service) -> No
 @parametrize_services
 def test_gpu_images_ask_the_nvidia_runtime_for_cuda(service: Service) -> None:
     # Unset, the runtime mounts the "utility" driver libraries only: nvidia-smi works, CUDA does not.
-    env = " ".join(i.args for i in final_stage(dockerfile(service)) if i.keyword == "ENV")
+    runtime = final_stage(dockerfile(service))
+    if service in TORCH_SERVICES:  # the base's environment is the runtime's too
+        runtime = parse_dockerfile(TORCH_BASE) + runtime
+    env = " ".join(i.args for i in runtime if i.keyword == "ENV")
     capabilities = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", env)
     if service.gpu:
         assert capabilities is not None and "compute" in capabilities.group(1).split(",")
@@ -418,10 +504,58 @@ def test_build_context_keeps_what_the_image_copies(service: Service) -> None:
         assert not dockerignore_excludes(probe), f"{probe} is needed by {service.name}'s image"
 
 
-def test_every_dockerfile_belongs_to_a_service() -> None:
-    assert {p.name for p in DOCKER.glob("*.Dockerfile")} == {f"{s.name}.Dockerfile" for s in SERVICES}
+def test_every_dockerfile_belongs_to_a_service_or_is_the_torch_base() -> None:
+    expected = {f"{s.name}.Dockerfile" for s in SERVICES} | {TORCH_BASE.name}
+    assert {p.name for p in DOCKER.glob("*.Dockerfile")} == expected
 
 
-def test_detector_image_has_the_libraries_opencv_loads() -> None:
-    runtime = " ".join(i.args for i in final_stage(dockerfile(SERVICES[2])) if i.keyword == "RUN")
-    assert "libgl1" in runtime and "libglib2.0-0" in runtime
+def test_the_torch_base_copies_only_what_the_build_context_keeps() -> None:
+    for source, _ in copied_from_context(TORCH_BASE):
+        assert (REPO / source).is_file() and not dockerignore_excludes(source), source
+
+
+# -- the detector's OpenCV -----------------------------------------------------------------------------------
+HEADLESS_IN = REPO / "requirements" / "opencv_headless.in"
+HEADLESS_LOCK = "requirements/opencv_headless.txt"
+
+
+def _detector_commands() -> list[str]:
+    """The shell commands of the detector's runtime RUN that installs its lock, in order."""
+    runs = [i.args for i in final_stage(dockerfile(BY_NAME["detector"])) if i.keyword == "RUN"]
+    (run,) = [r for r in runs if "requirements/detector.txt" in r]
+    return [c.strip() for c in run.split("&&")]
+
+
+def test_detector_swaps_ultralytics_gui_opencv_for_the_headless_build_after_the_hashed_install() -> None:
+    commands = _detector_commands()
+    position = {
+        "lock": next(i for i, c in enumerate(commands) if "-r requirements/detector.txt" in c),
+        "uninstall": commands.index("pip uninstall --yes opencv-python"),
+        "headless": commands.index(f"pip install --require-hashes --no-deps -r {HEADLESS_LOCK}"),
+        "wheel": next(i for i, c in enumerate(commands) if c.endswith("/tmp/wheels/*.whl")),
+    }
+    assert position["lock"] < position["uninstall"] < position["headless"] < position["wheel"], commands
+    assert "--require-hashes" in commands[position["lock"]]
+    # cv2 is imported once at build time: a wheel that cannot load fails the build, not the pod.
+    assert 'python -c "import cv2"' in commands[position["headless"] + 1 :]
+
+
+def test_detector_image_installs_no_gui_libraries() -> None:
+    # The headless wheel needs glibc and zlib alone; libGL and glib were the GUI build's.
+    runtime = " ".join(i.args for i in final_stage(dockerfile(BY_NAME["detector"])) if i.keyword == "RUN")
+    assert "libgl1" not in runtime and "libglib2.0" not in runtime and "apt-get" not in runtime
+
+
+def test_the_headless_lock_pins_the_release_of_the_detectors_opencv_with_hashes() -> None:
+    (gui_version, _) = read_lock("requirements/detector.txt")["opencv-python"]
+    wanted = [line for line in HEADLESS_IN.read_text().splitlines() if line and not line.startswith("#")]
+    assert wanted == [f"opencv-python-headless=={gui_version}"], (
+        "the same release as requirements/detector.txt"
+    )
+    lock = read_lock(HEADLESS_LOCK)
+    assert set(lock) == {"opencv-python-headless"}, "one wheel, no dependencies (--no-deps)"
+    version, hashes = lock["opencv-python-headless"]
+    assert version == gui_version and hashes
+    header = (REPO / HEADLESS_LOCK).read_text().splitlines()[1]
+    command = "uv pip compile requirements/opencv_headless.in --generate-hashes --python-version 3.11"
+    assert command in header and "--no-deps" in header and "-o requirements/opencv_headless.txt" in header

@@ -66,11 +66,17 @@ def test_every_cluster_ip_service_has_a_port_named_metrics(render: Render) -> No
             if manifest.selected_components(s["spec"]["selector"]) == {component}
         ]
         internal = [s for s in services if s["spec"].get("type", "ClusterIP") == "ClusterIP"]
+        headless = [s for s in internal if s["spec"].get("clusterIP") == "None"]
+        internal = [s for s in internal if s not in headless]
         assert internal, f"{component}: no ClusterIP Service"
         for service in internal:
             (port,) = [p for p in service["spec"]["ports"] if p["name"] == "metrics"]
             assert port["port"] == BY_NAME[component].metrics_port, service["metadata"]["name"]
             assert container_port(manifest.container(component), port["targetPort"]) == port["port"]
+        # The gRPC clients' headless Service has the gRPC port alone: with the metrics port too, a
+        # ServiceMonitor selecting the component's Services would scrape every pod twice.
+        for service in headless:
+            assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"], service["metadata"]["name"]
 
 
 @parametrize_renders

@@ -85,6 +85,23 @@ def test_only_the_trainer_may_leave_the_cluster(render: Render) -> None:
         assert any(p.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for peers in trainer_out for p in peers)
 
 
+@pytest.mark.parametrize("render", POLICY_RENDERS, ids=str)
+def test_only_the_trainer_its_ranks_and_the_seeding_job_may_leave_the_cluster(render: Render) -> None:
+    # Every policy, not only those of the Deployments: the seeding Job's pod and the ranks of distributed
+    # training jobs (pods the trainer creates) have policies of their own.
+    allowed = {"trainer", "trainer-worker", "seed-models"}
+    for policy in rendered(render).of_kind("NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            peers = rule.get("to", [])
+            dns_only = all(p.get("port") == 53 for p in rule.get("ports", [{}]))
+            if not (any("ipBlock" in peer for peer in peers) or (not peers and not dns_only)):
+                continue
+            labels = policy["spec"]["podSelector"].get("matchLabels", {})
+            component = labels.get("app.kubernetes.io/component")
+            jwks = component == "gateway" and render.jwt and [p["port"] for p in rule["ports"]] == [443]
+            assert component in allowed or jwks, f"{policy['metadata']['name']} lets {component} out: {rule}"
+
+
 # -- secrets, storage, scaling -----------------------------------------------------------------------------
 @parametrize_renders
 def test_kaggle_credentials_are_mounted_into_the_trainer_only(render: Render) -> None:

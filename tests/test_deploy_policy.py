@@ -27,6 +27,7 @@ from tests.deploy_manifests import (
     Service,
     container_port,
     env_names_read_by,
+    grpc_target,
     more_settings_classes,
     rendered,
     settings_class,
@@ -47,7 +48,7 @@ WRITABLE_ENV = (
     "VISION_TRAINER_KAGGLEHUB_CACHE",
 )
 # Not settings of ours: what the libraries inside the images read.
-LIBRARY_ENV = frozenset((*WRITABLE_ENV[:5], "YOLO_OFFLINE", "KAGGLE_CONFIG_DIR"))
+LIBRARY_ENV = frozenset((*WRITABLE_ENV[:5], "YOLO_OFFLINE", "KAGGLE_CONFIG_DIR", "OMP_NUM_THREADS"))
 
 parametrize_renders = pytest.mark.parametrize("render", RENDERS, ids=str)
 
@@ -192,16 +193,16 @@ def test_gateway_is_configured_with_the_grpc_services_dns_names_and_ports(render
         if service.name not in render.services:
             assert not address, f"{service.name} is not deployed but the gateway is pointed at {address}"
             continue
-        host, _, port = address.rpartition(":")
-        # "<service>" or "<service>.<namespace>[.svc[.cluster.local]]": the namespace's cluster DNS.
+        host, port = grpc_target(address)
+        # "<service>" or "<service>.<namespace>[.svc[.<cluster domain>]]": the namespace's cluster DNS.
         name, *domain = host.split(".")
-        assert domain in ([], [NAMESPACE], [NAMESPACE, "svc"], [NAMESPACE, "svc", "cluster", "local"]), (
-            address
-        )
+        assert domain[:2] in ([], [NAMESPACE], [NAMESPACE, "svc"]), address
         target = manifest.named("Service", name)
         assert target is not None, f"VISION_GATEWAY_{service.name.upper()}_ADDR={address}: no Service {name}"
         assert manifest.selected_components(target["spec"]["selector"]) == {service.name}, address
-        assert int(port) in [p["port"] for p in target["spec"]["ports"] if p["name"] == "grpc"], address
+        (grpc,) = [p for p in target["spec"]["ports"] if p["name"] == "grpc"]
+        # A headless Service maps no ports: the pods must listen on the port the target names.
+        assert port == grpc["port"] == container_port(manifest.container(service.name), grpc["targetPort"])
 
 
 @parametrize_renders
@@ -223,32 +224,57 @@ def test_gateway_service_and_ingress_reach_the_http_port(render: Render) -> None
 
 
 # -- hardening ---------------------------------------------------------------------------------------------
+def pod_containers(manifest: Manifest) -> list[tuple[str, Obj, Obj]]:
+    """(component, pod spec, container) of every container of every Deployment and Job."""
+    jobs = [
+        (component, spec, container)
+        for component in manifest.jobs()
+        for spec in [manifest.job_pod_spec(component)]
+        for container in spec.get("initContainers", []) + spec["containers"]
+    ]
+    return [*manifest.containers(), *jobs]
+
+
 @parametrize_renders
 def test_every_container_is_pod_security_restricted_with_a_read_only_root(render: Render) -> None:
-    for component, pod, container in rendered(render).containers():
-        pod_ctx, ctx = pod.get("securityContext", {}), container.get("securityContext", {})
+    for component, pod, container in pod_containers(rendered(render)):
+        assert_restricted(component, pod, container, assigned_uid=render.assigned_uid)
 
-        def setting(key: str, ctx: dict[str, Any] = ctx, pod_ctx: dict[str, Any] = pod_ctx) -> Any:
-            return ctx.get(key, pod_ctx.get(key))
 
-        assert setting("runAsNonRoot") is True, component
+def assert_restricted(component: str, pod: Obj, container: Obj, assigned_uid: bool = False) -> None:
+    """Pod Security "restricted" and a read-only root for one container of a pod spec. ``assigned_uid``: the
+    platform picks uid, gid and fsGroup (OpenShift's SCC, from the namespace's range), so none is set."""
+    pod_ctx, ctx = pod.get("securityContext", {}), container.get("securityContext", {})
+
+    def setting(key: str) -> Any:
+        return ctx.get(key, pod_ctx.get(key))
+
+    assert setting("runAsNonRoot") is True, component
+    if assigned_uid:
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & (set(ctx) | set(pod_ctx)), component
+    else:
         assert setting("runAsUser") not in (None, 0), f"{component}: a numeric non-root user"
-        assert ctx.get("allowPrivilegeEscalation") is False, component
-        assert ctx.get("capabilities", {}).get("drop") == ["ALL"], component
-        assert not ctx.get("capabilities", {}).get("add"), component
-        assert setting("seccompProfile") == {"type": "RuntimeDefault"}, component
-        assert ctx.get("readOnlyRootFilesystem") is True, component
-        assert not ctx.get("privileged"), component
-        assert not (pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC")), component
-        assert not any("hostPath" in v for v in pod.get("volumes", [])), component
+    assert ctx.get("allowPrivilegeEscalation") is False, component
+    assert ctx.get("capabilities", {}).get("drop") == ["ALL"], component
+    assert not ctx.get("capabilities", {}).get("add"), component
+    assert setting("seccompProfile") == {"type": "RuntimeDefault"}, component
+    assert ctx.get("readOnlyRootFilesystem") is True, component
+    assert not ctx.get("privileged"), component
+    assert not (pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC")), component
+    assert not any("hostPath" in v for v in pod.get("volumes", [])), component
 
 
 @parametrize_renders
 def test_pods_get_no_api_token_and_no_service_link_variables(render: Render) -> None:
     # Service links would set VISION_CLASSIFIER_PORT=tcp://... (Service vision-classifier): a setting's name.
-    for component, deployment in rendered(render).deployments().items():
-        spec = deployment["spec"]["template"]["spec"]
-        assert spec.get("automountServiceAccountToken") is False, component
+    # The one exception: a trainer that runs its jobs as Kubernetes Jobs talks to the API
+    # (tests/test_deploy_jobs.py checks what its token may do).
+    manifest = rendered(render)
+    specs = [(c, d["spec"]["template"]["spec"]) for c, d in manifest.deployments().items()]
+    specs += [(c, manifest.job_pod_spec(c)) for c in manifest.jobs()]
+    for component, spec in specs:
+        api_client = component == "trainer" and render.trainer_backend == "kubernetes"
+        assert spec.get("automountServiceAccountToken") is api_client, component
         assert spec.get("enableServiceLinks") is False, component
 
 
@@ -303,18 +329,24 @@ def test_termination_grace_covers_the_shutdown_delay_and_the_drain(render: Rende
         needed = float(env[f"{prefix}SHUTDOWN_DELAY_SECONDS"]) + float(env[f"{prefix}GRACE_SECONDS"])
         assert float(env[f"{prefix}SHUTDOWN_DELAY_SECONDS"]) > 0, "time for endpoints to drop the pod"
         assert manifest.pod_spec(component)["terminationGracePeriodSeconds"] > needed, component
-    uvicorn_grace = _gateway_uvicorn_graceful_shutdown_s()
     gateway = manifest.container("gateway")
     pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert manifest.pod_spec("gateway")["terminationGracePeriodSeconds"] > pause + uvicorn_grace
+    drain = _gateway_drain_s(manifest.env(gateway))
+    assert manifest.pod_spec("gateway")["terminationGracePeriodSeconds"] > pause + drain
 
 
-def _gateway_uvicorn_graceful_shutdown_s() -> float:
+def _gateway_drain_s(env: dict[str, str]) -> float:
+    """How long the gateway lets requests finish on SIGTERM: uvicorn's timeout_graceful_shutdown in
+    gateway/__main__.py, a number or the drain_s setting (VISION_GATEWAY_DRAIN_S, else its default)."""
     tree = ast.parse((REPO / "gateway" / "__main__.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "timeout_graceful_shutdown":
-            assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, (int, float))
-            return float(node.value.value)
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, (int, float)):
+                return float(node.value.value)
+            names = {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)}
+            assert "drain_s" in names, f"timeout_graceful_shutdown is {ast.unparse(node.value)}"
+            default = settings_class(BY_NAME["gateway"]).model_fields["drain_s"].default
+            return float(env.get("VISION_GATEWAY_DRAIN_S", default))
     raise AssertionError("gateway/__main__.py no longer sets uvicorn's timeout_graceful_shutdown")
 
 
@@ -363,9 +395,15 @@ def test_every_service_accepts_its_configured_environment(
 
 @parametrize_renders
 def test_configuration_comes_from_config_maps_and_secrets_only_through_volumes(render: Render) -> None:
-    for component, _, container in rendered(render).containers():
+    # The one value from elsewhere: the container's own CPU limit (the downward API), for its thread counts.
+    for component, _, container in pod_containers(rendered(render)):
         for var in container.get("env", []):
-            assert "valueFrom" not in var, f"{component}: {var['name']} comes from {var.get('valueFrom')}"
+            source = var.get("valueFrom", {})
+            assert set(source) <= {"resourceFieldRef"}, f"{component}: {var['name']} comes from {source}"
+            if source:
+                ref = source["resourceFieldRef"]
+                assert ref["resource"] == "limits.cpu", f"{component}: {var['name']} from {ref}"
+                assert ref.get("containerName", container["name"]) == container["name"]
 
 
 def _pem_stand_in(directory: Path, variable: str) -> Path:

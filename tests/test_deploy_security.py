@@ -22,6 +22,7 @@ from tests.deploy_manifests import (
     Obj,
     Render,
     container_port,
+    grpc_target,
     helm_objects,
     rendered,
 )
@@ -240,6 +241,25 @@ def _uncovered(block: Obj) -> list[str]:
     ]
 
 
+# The one private address a pod may reach: the API server's endpoint, for a trainer that runs its jobs as
+# Kubernetes Jobs, on the API server's ports alone.
+API_SERVER_PORTS = {443, 6443}
+
+
+def _is_api_server_rule(manifest: Manifest, policy: Obj, rule: Obj) -> bool:
+    hosts = [peer.get("ipBlock", {}) for peer in rule.get("to", [])]
+    single = [
+        h for h in hosts if h and not h.get("except") and ipaddress.ip_network(h["cidr"]).num_addresses == 1
+    ]
+    return (
+        manifest.render.trainer_backend == "kubernetes"
+        and manifest.selected_components(policy["spec"]["podSelector"]) == {"trainer"}
+        and bool(hosts)
+        and single == hosts
+        and {port["port"] for port in rule.get("ports", [])} <= API_SERVER_PORTS
+    )
+
+
 @pytest.mark.parametrize("render", POLICY_RENDERS, ids=str)
 def test_no_egress_reaches_the_metadata_service_or_private_ranges(render: Render) -> None:
     manifest = rendered(render)
@@ -247,6 +267,7 @@ def test_no_egress_reaches_the_metadata_service_or_private_ranges(render: Render
         peer["ipBlock"]
         for p in manifest.of_kind("NetworkPolicy")
         for rule in p["spec"].get("egress", [])
+        if not _is_api_server_rule(manifest, p, rule)
         for peer in rule.get("to", [])
         if "ipBlock" in peer
     ]
@@ -254,6 +275,8 @@ def test_no_egress_reaches_the_metadata_service_or_private_ranges(render: Render
         assert blocks, "the trainer has an egress rule"
     for block in blocks:
         assert not _uncovered(block), f"{block['cidr']} reaches {_uncovered(block)}"
+    for block in (b for b in blocks if b["cidr"] in ("0.0.0.0/0", "::/0")):
+        assert block["cidr"] == "::/0" or "169.254.0.0/16" in block["except"], "the metadata service"
 
 
 # -- mutual TLS -------------------------------------------------------------------------------------------
@@ -294,9 +317,11 @@ def test_each_service_has_a_certificate_for_its_service_name(render: Render) -> 
             continue
         assert "server auth" in spec["usages"]
         address = manifest.env(manifest.container("gateway"))[f"VISION_GATEWAY_{component.upper()}_ADDR"]
-        host = address.rpartition(":")[0]
+        # With a dns:/// target the gateway checks the target's host: the headless Service's name.
+        host, _ = grpc_target(address)
         assert host in spec["dnsNames"], f"the gateway dials {host}; the certificate names {spec['dnsNames']}"
-        assert f"{render.name_of(component)}.{NAMESPACE}.svc" in spec["dnsNames"]
+        for name in (render.name_of(component), f"{render.name_of(component)}-headless"):
+            assert f"{name}.{NAMESPACE}.svc" in spec["dnsNames"], name
         # Mutual TLS: the CA is set on the server, so clients without a certificate from it are refused.
         assert env["VISION_TLS_CA_FILE"]
 

@@ -1,28 +1,23 @@
 # syntax=docker/dockerfile:1
 # trainer_svc: training jobs that publish into the model store. `python -m trainer_svc` on port 50054.
-# Build from the repository root (the README's deploy section has the push commands):
+# Build from the repository root, after the shared torch layer (torch-base.Dockerfile; the README's deploy
+# section has the push commands):
+#   docker build -f deploy/docker/torch-base.Dockerfile -t vision-torch-base .
 #   docker build -f deploy/docker/trainer.Dockerfile -t vision-trainer .
-# torch is the lock's (requirements/<extra>.txt, pinned by requirements/torch.in): the CUDA 13.0 build of 2.14.1,
-# PyPI's Linux x86_64 wheel, with its CUDA libraries (nvidia-*) pinned and hashed beside it. It needs NVIDIA driver
-# >= 580 on the GPU nodes and a Turing (sm_75) or newer GPU (CUDA 13 dropped Maxwell, Pascal and Volta); it runs on
-# CPU as well. Another build (an older CUDA for older drivers, or the small CPU wheels) means a lock made for it:
-# README, Deploy: the torch build (TORCH_INDEX_URL, TORCH_CUDA and `make lock TORCH_INDEX_URL=...`).
+# torch, torchvision and what every model service needs come with the base (requirements/classifier.txt);
+# this image adds what requirements/trainer.txt holds beyond it, and the project's wheel. TORCH_* name the torch
+# build the base must hold (the lock's: the CUDA 13.0 build of 2.14.1, NVIDIA driver >= 580; README, Deploy:
+# images for the CPU build).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The shared torch layer, by its name in your registry (`make images`: $(REGISTRY)/vision-torch-base:$(TAG)).
+ARG BASE_IMAGE=vision-torch-base
 
 FROM ${PYTHON_IMAGE} AS builder
-ARG TORCH_VERSION=2.14.1
-ARG TORCH_CUDA=cu130
-ARG TORCH_INDEX_URL=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from the hashed lock alone (`make lock`): every version and every file's sha256 fixed, and
-# pip refuses anything else. Code changes reuse this (large) layer. Then: is torch the build this file says?
+# The code: the shared package and this service only, as a wheel built by the locked build backend. The
+# service's lock rides along to the runtime stage.
 COPY requirements/trainer.txt requirements/build.txt ./requirements/
-RUN pip install --require-hashes ${TORCH_INDEX_URL:+--extra-index-url=$TORCH_INDEX_URL} -r requirements/trainer.txt \
- && python -c "import sys, torch; want = sys.argv[1]; sys.exit(None if torch.__version__ == want else f'the lock has torch {torch.__version__}, not {want} (TORCH_VERSION, TORCH_CUDA)')" "${TORCH_VERSION}+${TORCH_CUDA}"
-# Then the code: the shared package and this service only, as a wheel built by the locked build backend.
 COPY pyproject.toml README.md ./
 COPY vision ./vision
 COPY trainer_svc ./trainer_svc
@@ -30,25 +25,27 @@ RUN python -m venv /opt/build \
  && /opt/build/bin/pip install --require-hashes -r requirements/build.txt \
  && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
-FROM ${PYTHON_IMAGE} AS runtime
-RUN groupadd --gid 10001 vision \
- && useradd --uid 10001 --gid 10001 --no-log-init --create-home --home-dir /home/vision --shell /usr/sbin/nologin vision
-COPY --from=builder /opt/venv /opt/venv
+FROM ${BASE_IMAGE} AS runtime
+ARG TORCH_VERSION=2.14.1
+ARG TORCH_CUDA=cu130
+ARG TORCH_INDEX_URL=""
+# tini as PID 1 (ENTRYPOINT): it forwards signals to the trainer and reaps every exited process, the
+# orphaned grandchildren of a job's worker and its DataLoader workers included, which a Python PID 1 never
+# waits for.
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/build
+COPY --from=builder /src/requirements/trainer.txt ./requirements/
 COPY --from=builder /wheels /tmp/wheels
-RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl \
- && rm -rf /tmp/wheels
-# The root filesystem is read-only in the cluster: every cache lives under HOME (an emptyDir there).
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/home/vision \
-    XDG_CACHE_HOME=/home/vision/.cache \
-    VISION_TRAINER_HOST=0.0.0.0 \
-    VISION_MODEL_DIR=/models
-# The NVIDIA container runtime mounts only the driver libraries named here; unset it would be
-# "utility" alone (nvidia-smi, no CUDA). nvidia/cuda images set the same.
-ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# What this service needs beyond the base, from its hashed lock (every version and every file's sha256 fixed;
+# pip refuses anything else). Then: is torch still the build named above? Then the project's wheel.
+RUN pip install --require-hashes ${TORCH_INDEX_URL:+--extra-index-url=$TORCH_INDEX_URL} -r requirements/trainer.txt \
+ && python -c "import sys, torch; want = sys.argv[1]; sys.exit(None if torch.__version__ == want else f'the lock has torch {torch.__version__}, not {want} (TORCH_VERSION, TORCH_CUDA)')" "${TORCH_VERSION}+${TORCH_CUDA}" \
+ && pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl \
+ && rm -rf /tmp/wheels /opt/build
+ENV VISION_TRAINER_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /home/vision
 EXPOSE 50054 9104
-ENTRYPOINT ["python", "-m", "trainer_svc"]
+ENTRYPOINT ["tini", "--", "python", "-m", "trainer_svc"]

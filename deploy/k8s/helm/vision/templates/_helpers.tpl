@@ -41,10 +41,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
 {{- end -}}
 
-{{/* Image reference of one service: (dict "root" $ "svc" .Values.classifier) */}}
+{{/* Image reference of one service: (dict "root" $ "svc" .Values.classifier "torch" true); the images with torch
+     get global.image.torchTagSuffix ("-cpu": the CPU builds) after their tag. */}}
 {{- define "vision.image" -}}
 {{- $g := .root.Values.global.image -}}
 {{- $tag := .svc.image.tag | default $g.tag | default .root.Chart.AppVersion -}}
+{{- if .torch -}}
+{{- $tag = printf "%s%s" $tag ($g.torchTagSuffix | default "") -}}
+{{- end -}}
 {{- if $g.registry -}}
 {{- printf "%s/%s:%s" $g.registry .svc.image.repository $tag -}}
 {{- else -}}
@@ -103,7 +107,9 @@ group: cert-manager.io
 {{- $svc := index $root.Values .name -}}
 {{- $facts := index (include "vision.grpcServices" $root | fromYaml) .name -}}
 {{- $p := $facts.prefix -}}
-{{- $env := dict (printf "%sDEVICE" $p) (ternary "auto" "cpu" (gt (int $svc.gpu) 0)) -}}
+{{- /* cuda, never auto, on a GPU: a pod whose CUDA does not work fails at start instead of quietly running on
+       the CPU while it holds a GPU. */ -}}
+{{- $env := dict (printf "%sDEVICE" $p) (ternary "cuda" "cpu" (gt (int $svc.gpu) 0)) -}}
 {{- range $key, $value := $svc.config -}}
 {{- $_ := set $env $key (include "vision.envValue" $value) -}}
 {{- end -}}
@@ -120,6 +126,21 @@ group: cert-manager.io
 {{- if eq .name "trainer" -}}
 {{- $_ := set $env "VISION_DATA_DIR" "/data" -}}
 {{- $_ := set $env "VISION_TRAINER_KAGGLEHUB_CACHE" "/data/kagglehub" -}}
+{{- if gt (int $svc.gpu) 0 -}}
+{{- /* Distributed jobs (backend kubernetes): each job pod takes the trainer's GPUs, on the nodes the trainer's
+       pod may go to. */ -}}
+{{- $_ := set $env "VISION_TRAINER_KUBERNETES_GPUS_PER_POD" (toString (int $svc.gpu)) -}}
+{{- $nodeSelector := merge (deepCopy $svc.nodeSelector) $root.Values.global.gpu.nodeSelector -}}
+{{- $tolerations := concat $root.Values.global.gpu.tolerations $svc.tolerations -}}
+{{- $_ := set $env "VISION_TRAINER_KUBERNETES_POD_CONFIG" (dict "nodeSelector" $nodeSelector "tolerations" $tolerations | toJson) -}}
+{{- end -}}
+{{- if eq $svc.backend "kubernetes" -}}
+{{- /* The job pods run the trainer's image and mount the trainer's two claims. */ -}}
+{{- $_ := set $env "VISION_TRAINER_BACKEND" "kubernetes" -}}
+{{- $_ := set $env "VISION_TRAINER_KUBERNETES_IMAGE" (include "vision.image" (dict "root" $root "svc" $svc "torch" true)) -}}
+{{- $_ := set $env "VISION_TRAINER_KUBERNETES_MODELS_CLAIM" (include "vision.modelStoreClaim" $root) -}}
+{{- $_ := set $env "VISION_TRAINER_KUBERNETES_DATA_CLAIM" (include "vision.trainerDataClaim" $root) -}}
+{{- end -}}
 {{- end -}}
 {{- range $key := keys $env | sortAlpha }}
 {{ $key }}: {{ index $env $key | quote }}
@@ -154,9 +175,10 @@ group: cert-manager.io
 {{- $_ := set $env "VISION_GATEWAY_HOST" "0.0.0.0" -}}
 {{- $_ := set $env "VISION_GATEWAY_PORT" (include "vision.gatewayPort" .) -}}
 {{- $_ := set $env "VISION_GATEWAY_METRICS_PORT" (include "vision.gatewayMetricsPort" .) -}}
+{{- $_ := set $env "VISION_GATEWAY_DRAIN_S" (include "vision.envValue" .Values.gateway.drainSeconds) -}}
 {{- range $name, $facts := include "vision.grpcServices" . | fromYaml -}}
 {{- if (index $root.Values $name).enabled -}}
-{{- $addr := printf "%s-%s:%v" (include "vision.fullname" $root) $name $facts.port -}}
+{{- $addr := include "vision.grpcTarget" (dict "root" $root "name" $name "port" $facts.port) -}}
 {{- $_ := set $env (printf "VISION_GATEWAY_%s_ADDR" (upper $name)) $addr -}}
 {{- end -}}
 {{- end -}}
@@ -165,25 +187,74 @@ group: cert-manager.io
 {{- end -}}
 {{- end -}}
 
-{{/* Pod- and container-level security: Pod Security "restricted", always. */}}
+{{/* The gateway's gRPC target of one service: its headless Service, every ready pod's address (dns:/// is
+     gRPC's DNS resolver, which round_robin spreads calls over): (dict "root" $ "name" "classifier" "port" 50051) */}}
+{{- define "vision.headlessName" -}}{{ include "vision.fullname" .root }}-{{ .name }}-headless{{- end -}}
+{{- define "vision.grpcTarget" -}}
+{{- printf "dns:///%s.%s.svc.%s:%v" (include "vision.headlessName" .) .root.Release.Namespace .root.Values.global.clusterDomain .port -}}
+{{- end -}}
+
+{{/* Pod- and container-level security: global.podSecurityContext / containerSecurityContext (Pod Security
+     "restricted" by default) under the service's own: (dict "root" $ "svc" .Values.classifier); svc may be {}. */}}
 {{- define "vision.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-fsGroupChangePolicy: OnRootMismatch
-seccompProfile:
-  type: RuntimeDefault
+{{- $own := .svc.podSecurityContext | default dict -}}
+{{- toYaml (merge (deepCopy $own) (deepCopy .root.Values.global.podSecurityContext)) -}}
 {{- end -}}
 
 {{- define "vision.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{- $own := .svc.containerSecurityContext | default dict -}}
+{{- toYaml (merge (deepCopy $own) (deepCopy .root.Values.global.containerSecurityContext)) -}}
+{{- end -}}
+
+{{/* The rollout of a Deployment with several replicas: (dict "svc" .Values.classifier "gpu" 1) */}}
+{{- define "vision.strategy" -}}
+{{- if .svc.strategy -}}
+{{- toYaml .svc.strategy -}}
+{{- else if gt (int .gpu) 0 -}}
+{{- /* No surge pod: it would need a free GPU, which a full node pool does not have. */ -}}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 0
+  maxUnavailable: 1
+{{- else -}}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 25%
+  maxUnavailable: 0
+{{- end -}}
+{{- end -}}
+
+{{/* Replicas balanced over nodes and zones (global.topologySpread), or the service's own constraints:
+     (dict "root" $ "svc" .Values.classifier "component" "classifier"); empty when off. pod-template-hash: a
+     rollout's new pods are balanced among themselves. */}}
+{{- define "vision.topologySpread" -}}
+{{- $spread := .root.Values.global.topologySpread -}}
+{{- if .svc.topologySpreadConstraints -}}
+{{- toYaml .svc.topologySpreadConstraints -}}
+{{- else if $spread.enabled -}}
+{{- $ctx := dict "root" .root "component" .component -}}
+{{- range $key, $when := dict "kubernetes.io/hostname" $spread.hostname "topology.kubernetes.io/zone" $spread.zone }}
+- maxSkew: {{ $spread.maxSkew }}
+  topologyKey: {{ $key }}
+  whenUnsatisfiable: {{ $when }}
+  labelSelector:
+    matchLabels:
+      {{- include "vision.selectorLabels" $ctx | nindent 6 }}
+  matchLabelKeys: [pod-template-hash]
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* torch's threads follow the container's CPU limit (whole cores, rounded up), not the node's cores:
+     (dict "variable" "VISION_TORCH_THREADS"), the service's setting, then OMP_NUM_THREADS for OpenMP. */}}
+{{- define "vision.torchThreadsEnv" -}}
+{{- range list .variable "OMP_NUM_THREADS" }}
+- name: {{ . }}
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.cpu
+      divisor: "1"
+{{- end }}
 {{- end -}}
 
 {{- define "vision.modelStoreClaim" -}}
