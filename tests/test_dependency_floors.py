@@ -62,7 +62,7 @@ FLOORS: dict[str, tuple[str, str]] = {
     "kagglehub": ("0.3.12", "no advisory"),
     "scikit-learn": ("1.5", "CVE-2024-5206 (TfidfVectorizer stop_words_ token leak) fixed 1.5.0"),
     "tqdm": ("4.66.3", "CVE-2024-34062 (CLI argument eval) fixed 4.66.3"),
-    "kubernetes": ("33.1", "no advisory; the client of the Kubernetes 1.33 API the trainer's job objects use"),
+    "kubernetes": ("33.1", "no advisory; the client of the Kubernetes 1.33 API (the trainer's job objects)"),
     "fastapi": ("0.133", "the first release that accepts starlette 1.3.1"),
     "starlette": ("1.3.1", "security-audit M8 (urlencoded form limits); CVE-2025-62727 fixed 0.49.1"),
     "uvicorn": ("0.34", "CVE-2020-7694/7695 (log injection, response splitting) fixed 0.11.7"),

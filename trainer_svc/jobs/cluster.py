@@ -18,6 +18,7 @@ import logging
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LAUNCH_FILE = "launch.json"
 TIMEOUT_S = 30  # every API call
+DELETE_WAIT_S = 120.0  # for a deleted Job's pods to stop before the job's next attempt starts
 
 
 class Cluster:
@@ -84,8 +86,10 @@ class Cluster:
     ) -> ClusterRun:
         return ClusterRun(self, job_id, config, workdir, attempt, on_message, on_exit)
 
-    def delete(self, name: str, grace_s: int | None = None) -> None:
-        """Delete the Job ``name`` (its pods first) and its Service; gone already is fine."""
+    def delete(self, name: str, grace_s: int | None = None, *, wait_s: float = 0.0) -> None:
+        """Delete the Job ``name`` (its pods first) and its Service; gone already is fine. ``wait_s``: wait
+        that long at most for the Job to be gone (its pods stopped: none of them writes to the job's files
+        any more)."""
         calls = (
             lambda: self.batch.delete_namespaced_job(
                 name, self.namespace, propagation_policy="Foreground", grace_period_seconds=grace_s,
@@ -99,6 +103,14 @@ class Cluster:
             except ApiException as exc:
                 if exc.status != 404:
                     log.warning("could not delete %s: %s %s", name, exc.status, exc.reason)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                if self.job_state(name)[0] == "gone":
+                    return
+            except Exception as exc:
+                log.warning("could not read %s: %s", name, exc)
+            time.sleep(min(self.settings.kubernetes_poll_s, max(deadline - time.monotonic(), 0)))
 
     def delete_all(self) -> None:
         """Delete every training Job and Service in the namespace (what a stopped trainer left)."""
@@ -112,7 +124,7 @@ class Cluster:
         names |= {service.metadata.name for service in services.items if service.metadata is not None}
         for name in sorted(n for n in names if n):
             log.info("deleting %s, left by an earlier trainer: its job resumes from its checkpoint", name)
-            self.delete(name)
+            self.delete(name, wait_s=DELETE_WAIT_S)
 
     def job_state(self, name: str) -> tuple[str, str]:
         """("running" | "succeeded" | "failed" | "gone", why): the Job's terminal condition, if any."""
@@ -216,7 +228,7 @@ class ClusterRun:
         outcome, how = combine(ends, world)
         if state == "failed" and outcome is None:
             how = f"the Kubernetes Job {self.name} failed ({why}); {how}"
-        self.cluster.delete(self.name)
+        self.cluster.delete(self.name, wait_s=0.0 if self._stopped.is_set() else DELETE_WAIT_S)
         if not self._stopped.is_set():
             self._on_exit(outcome, how)
 

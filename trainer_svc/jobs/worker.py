@@ -14,6 +14,7 @@ step instead of training on unsupervised.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -138,6 +139,11 @@ def exclusive(workdir: Path, rank: int = 0, timeout_s: float = 60.0) -> Iterator
                 if time.monotonic() > deadline:
                     raise VisionError("another process is still training this job") from None
                 time.sleep(0.5)
+            except OSError as exc:  # a shared volume without file locks (some NFS and SMB mounts)
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                    raise
+                log.warning("the job directory's volume has no file locks: training %s unlocked", workdir)
+                break
         yield
 
 
