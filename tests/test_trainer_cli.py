@@ -46,3 +46,20 @@ def test_vision_train_refuses_bad_options_with_the_accepted_range(
     assert status == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+
+
+def test_vision_train_with_two_processes_runs_itself_as_two_gloo_ranks_and_publishes_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    data = write_image_folder(tmp_path / "digits", size=32, per_class=10)
+    models = tmp_path / "models"
+    work = tmp_path / "work"
+    argv = ["train", str(data), "--model-dir", str(models), "--work-dir", str(work), "--nproc-per-node", "2"]
+    status = main([*argv, *FAST])
+    out, err = capfd.readouterr()  # the ranks are processes of their own: their output is on the fds
+    assert status == 0, err[-2000:]
+    assert "on cpu x 2 processes" in err and "published custom version 1" in out
+    assert ModelStore(models).versions("custom") == ["1"]
+    assert ModelStore(models).get("custom").metadata.provenance["config"]["nproc_per_node"] == 2
+    assert main([*argv, *FAST, "--nproc-per-node", "64"]) == 2  # more processes than cores
+    assert "nproc_per_node=64 is more than this machine's" in capfd.readouterr().err

@@ -76,6 +76,7 @@ class Placement:
     gpus: int = 0  # local: the GPUs of the trainer's device set; kubernetes: of one job pod
     cpu_cores: int = 1
     max_nodes: int = 1
+    owner: str = "the trainer's"  # whose GPUs and cores messages name
 
     @classmethod
     def of(cls, settings: TrainerSettings, slots: list[str] | None = None) -> Placement:
@@ -119,12 +120,12 @@ class Placement:
                 else "GPUs of a job pod (VISION_TRAINER_KUBERNETES_GPUS_PER_POD)"
             )
             raise InvalidArgument(
-                f"nproc_per_node={nproc} is more than the trainer's {self.gpus} {where}: ask for at most "
+                f"nproc_per_node={nproc} is more than {self.owner} {self.gpus} {where}: ask for at most "
                 f"{self.gpus} (one process per GPU), or 0 for all of them"
             )
         if not self.gpus and nproc > self.cpu_cores:
             raise InvalidArgument(
-                f"nproc_per_node={nproc} is more than the trainer's {self.cpu_cores} CPU cores (it trains "
+                f"nproc_per_node={nproc} is more than {self.owner} {self.cpu_cores} CPU cores (it trains "
                 f"on CPU, gloo): ask for at most {self.cpu_cores}"
             )
         return nproc, nnodes
