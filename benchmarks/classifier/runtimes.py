@@ -39,6 +39,8 @@ class RuntimeRow:
             "precision": self.precision,
             "served_as": self.served_as,
             "images_per_s": round(self.result.throughput, 3),
+            "service_cpu_ms_per_image": service_cpu_ms(self.result),
+            "other_cores": self.result.other_cores,
             "max_abs_logit_diff": self.max_abs_logit_diff,
             "top1_agreement": self.top1_agreement,
         }
@@ -122,6 +124,8 @@ def runtime_table(rows: list[RuntimeRow], eager: float, default: Result | None) 
         "p50 ms",
         "p99 ms",
         "x eager (D)",
+        "service CPU ms/image",
+        "other load, cores",
         "max |Δlogit|",
         "top-1 agreement",
     )
@@ -137,6 +141,8 @@ def runtime_table(rows: list[RuntimeRow], eager: float, default: Result | None) 
                 fmt(default.percentile(50)),
                 fmt(default.percentile(99)),
                 f"**{ratio(default.throughput, eager):.2f}x**",
+                fmt(service_cpu_ms(default)),
+                fmt(default.other_cores, 2),
                 "-",
                 "-",
             )
@@ -153,8 +159,16 @@ def runtime_table(rows: list[RuntimeRow], eager: float, default: Result | None) 
                 fmt(r.percentile(50)),
                 fmt(r.percentile(99)),
                 f"{ratio(r.throughput, eager):.2f}x",
+                fmt(service_cpu_ms(r)),
+                fmt(r.other_cores, 2),
                 f"{row.max_abs_logit_diff:.2g}",
                 f"{row.top1_agreement:.0%}",
             )
         )
-    return markdown_table(header, "llllrrrrrr", body)
+    return markdown_table(header, "llllrrrrrrrr", body)
+
+
+def service_cpu_ms(result: Result) -> float | None:
+    """CPU milliseconds classifier_svc used per image (less sensitive to other load than images/s)."""
+    cpu = result.cpu_s.get("classifier_svc")
+    return 1000 * cpu / result.images if cpu is not None and result.images else None
