@@ -175,7 +175,7 @@ def load_split(config: TrainConfig, args: WorkerArgs) -> DatasetSplit:
 def _where(device: torch.device, world: World) -> str:
     if not world.distributed:
         return str(device)
-    return f"{world.size} processes ({device.type}, {'nccl' if device.type == 'cuda' else 'gloo'})"
+    return f"{world.size} processes ({device.type}, {torch.distributed.get_backend()})"
 
 
 def _imagenet(args: WorkerArgs, world: World) -> dict[str, torch.Tensor] | None:
