@@ -270,7 +270,7 @@ def run_rank(args: WorkerArgs, channel: Channel) -> None:
     suffix = f"-rank{env.rank}" if env.world_size > 1 else ""
     configure_logging(args.log_level, args.log_json, service=f"trainer-job-{args.job_id}{suffix}")
     device = distributed.rank_device(torch.device(args.device), env)
-    if args.torch_threads or (env.world_size > 1 and device.type == "cpu"):
+    if args.torch_threads or device.type == "cpu":  # torch's default: the node's cores, not the pod's limit
         torch.set_num_threads(args.torch_threads or distributed.cpu_threads(env))
     world = World()
     try:

@@ -15,7 +15,6 @@ LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so the same code runs u
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from vision.errors import InvalidArgument
+from vision.settings import cpu_cores
 
 BACKENDS = ("auto", "nccl", "gloo")
 # Where the errors of a collective whose peer went away come from: a lost peer, not a bad job.
@@ -146,9 +146,9 @@ def rank_device(device: torch.device, env: LaunchEnv) -> torch.device:
 
 
 def cpu_threads(env: LaunchEnv) -> int:
-    """intra-op threads of a CPU rank: the cores shared out among the node's ranks (torchrun: OMP 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // env.local_world_size)
+    """intra-op threads of a CPU rank: the cores this process may use (capped by the container's CPU limit)
+    shared out among the node's ranks (torchrun: OMP 1)."""
+    return max(1, cpu_cores() // env.local_world_size)
 
 
 def join(env: LaunchEnv, backend: str, timeout_s: float, device: torch.device) -> World:
