@@ -25,10 +25,7 @@ _TYPES = {
 
 
 def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
-    try:
-        code = context.code()  # type: ignore[attr-defined]
-    except AttributeError:  # pragma: no cover - grpcio < 1.49
-        code = None
+    code = context.code()  # type: ignore[attr-defined]
     if code is None:
         return "UNKNOWN" if failed else "OK"
     return str(code.name) if isinstance(code, grpc.StatusCode) else "UNKNOWN"
