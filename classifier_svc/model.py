@@ -59,8 +59,12 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tenso
         start = time.perf_counter()
         deadline = self.deadline_after(timeout)
         name, resolved_version, model = self.registry.get(model_name, version)
+        prep = model.preprocessing
         with self.decode_slot(deadline):
-            tensor = model.preprocessing(decode_image(image, self.image_limits))
+            if self.settings.preprocess == "fast":
+                tensor = prep.fast(decode_image(image, self.image_limits, min_side=prep.resize_size))
+            else:
+                tensor = prep(decode_image(image, self.image_limits))
         decode_ms = (time.perf_counter() - start) * 1000
         batched = self.batcher.run(model, tensor, timeout=self.time_left(deadline))
         answered = self.answered(name, resolved_version, decode_ms, batched)

@@ -7,6 +7,8 @@ Real models (seeded, random init), real exports, real runtimes; no service here
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +18,17 @@ import torch
 from explain_svc.cam import METHODS, explain_batch
 from tests.conftest import publish_random_model
 from vision.image.decode import decode_image
-from vision.models.derived import DERIVED_DIR, STAMP_SUFFIX
+from vision.models.derived import (
+    DERIVED_DIR,
+    STALE_BUILD_S,
+    STAMP_SUFFIX,
+    TMP_PREFIX,
+    remove_dead_builds,
+)
 from vision.models.export import ONNX_FILE, OPENVINO_FILES
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving
+from vision.serving.registry import estimated_size, resident_size
 from vision.serving.runtimes import LOW_PRECISION_BOUNDS, RuntimeOptions, available_fast_runtime
 
 CPU = torch.device("cpu")
@@ -171,3 +180,31 @@ def test_auto_is_the_fast_runtime_on_the_cpu_and_torch_on_cuda(tmp_path: Path) -
     assert RuntimeOptions.resolve("auto", torch.device("cuda:0"), "fp32", tmp_path, 1e-3).runtime == "torch"
     with pytest.raises(ValueError, match="runs on the CPU"):
         RuntimeOptions.resolve("openvino", torch.device("cuda:0"), "fp32", tmp_path, 1e-3)
+
+
+def test_a_converted_version_counts_its_runtimes_copy_in_the_memory_budget(
+    stored: tuple[ModelVersion, Path],
+) -> None:
+    version, cache = stored
+    eager = load(version, cache / "budget", "torch")
+    fast = load(version, cache / "budget", "openvino")
+    weights = version.weights_path.stat().st_size
+    assert eager.resident_bytes == pytest.approx(weights, rel=0.02)
+    assert fast.resident_bytes == pytest.approx(2 * weights, rel=0.05)
+    assert resident_size(fast, estimated_size(version)) == fast.resident_bytes
+
+
+def test_a_dead_builds_leftovers_are_removed_and_a_live_ones_kept(
+    stored: tuple[ModelVersion, Path],
+) -> None:
+    version, cache = stored
+    load(version, cache, "openvino")  # builds beside the version
+    derived = version.path / DERIVED_DIR
+    dead, live = derived / f"{TMP_PREFIX}dead", derived / f"{TMP_PREFIX}live"
+    for leftover in (dead, live):
+        leftover.mkdir()
+        (leftover / OPENVINO_FILES[1]).write_bytes(b"half-written")
+    old = time.time() - STALE_BUILD_S - 60
+    os.utime(dead, (old, old))
+    assert remove_dead_builds(derived) == [dead]
+    assert not dead.exists() and live.is_dir()

@@ -19,6 +19,7 @@ def test_the_classifier_benchmarks_quick_run_prints_each_runtime_with_its_parity
     assert "## Runtimes (classifier_svc, CPU)" in done.stdout
     rows = {(r["runtime"], r["precision"]): r for r in json.loads(out.read_text())["runtimes"]}
     assert set(rows) == {("torch", "fp32"), ("openvino", "fp32")}
+    assert all(r["preprocess"] == "exact" and r["max_abs_prob_diff"] <= 1e-3 for r in rows.values())
     assert rows[("openvino", "fp32")]["served_as"] == "openvino fp32"
     assert rows[("openvino", "fp32")]["max_abs_logit_diff"] <= 1e-3
     assert rows[("torch", "fp32")]["max_abs_logit_diff"] == 0

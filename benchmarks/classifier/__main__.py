@@ -337,9 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n## Runtimes (classifier_svc, CPU)\n")
         print(runtime_table(runtimes, equal_conc, by_key.get("S")))
         print(
-            "\nParity: the runtime's logits vs eager torch's on the benchmark's photos, loaded as the "
-            "service loads it. x eager: images/s over bare eager torch at equal concurrency (D, best of "
-            "D1/D2); "
+            "\nParity: the runtime's logits and probabilities (with its preprocessing) vs eager torch's "
+            "on the exact pipeline, on the benchmark's photos, loaded as the service loads it. x eager: "
+            "images/s over bare eager torch at equal concurrency (D, best of D1/D2); "
             f"target for the default runtime: >= {CPU_DEFAULT_RUNTIME_TARGET:g}x."
         )
     if args.json is not None:

@@ -7,7 +7,9 @@ where it is not (the model services mount it read-only in Kubernetes) it lives u
 sha256 and the versions of the converters that made it: an artifact whose stamp differs from what the
 caller expects is stale. Artifacts and stamps are written to a temporary name and renamed into place, so
 concurrent processes see a whole file or none; the stamp is written last, so a crash between the two leaves
-an artifact without a stamp, which counts as missing.
+an artifact without a stamp, which counts as missing. A build killed mid-way leaves its temporary directory;
+the next build in that place removes those older than `STALE_BUILD_S` (a younger one may be another
+process's build in progress).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DERIVED_DIR = "derived"
 STAMP_SUFFIX = ".stamp.json"
+TMP_PREFIX = ".tmp-"
+STALE_BUILD_S = 3600.0  # no conversion takes this long; a temporary directory this old is a dead build's
 
 
 def weights_digest(version: ModelVersion) -> str:
@@ -56,6 +61,22 @@ def _writable_dir(directory: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_dead_builds(directory: Path, older_than_s: float = STALE_BUILD_S) -> list[Path]:
+    """Remove the temporary build directories in ``directory`` last modified over ``older_than_s`` ago."""
+    removed = []
+    cutoff = time.time() - older_than_s
+    for leftover in directory.glob(f"{TMP_PREFIX}*"):
+        try:
+            if leftover.is_dir() and leftover.stat().st_mtime < cutoff:
+                shutil.rmtree(leftover)
+                removed.append(leftover)
+        except OSError:  # removed by another process meanwhile, or not ours to remove
+            continue
+    if removed:
+        log.info("removed %d dead conversion directories in %s", len(removed), directory)
+    return removed
 
 
 def _write_stamp(path: Path, stamp: Mapping[str, str]) -> None:
@@ -89,7 +110,8 @@ def derived_artifact(
         if not _writable_dir(directory):
             log.info("%s is not writable: derived artifacts of %s go elsewhere", directory, version.key)
             continue
-        tmp = directory / f".tmp-{uuid.uuid4().hex}"
+        remove_dead_builds(directory)
+        tmp = directory / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
             tmp.mkdir()
             build(tmp)

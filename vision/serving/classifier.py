@@ -44,6 +44,13 @@ class LoadedClassifier:
     def class_names(self) -> list[str]:
         return self.version.metadata.class_names
 
+    @property
+    def resident_bytes(self) -> int:
+        """Memory the version holds: the torch module's tensors plus the converted runtime's weights."""
+        tensors = [*self.module.parameters(), *self.module.buffers()]
+        own = sum(t.numel() * t.element_size() for t in tensors)
+        return own + (self.runner.weights_bytes if self.runner is not None else 0)
+
     @torch.inference_mode()
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities, float32 on the CPU, shape (N, num_classes), for a (N, 3, H, W) batch."""

@@ -54,8 +54,14 @@ EMPTY_STORE_MESSAGE = "no model in the model store: import one with `vision mode
 MIB = 1024 * 1024
 
 
+def resident_size(model: object, estimate: int) -> int:
+    """Bytes ``model`` holds once loaded: its own ``resident_bytes`` (a model that knows, e.g. weights plus
+    a converted runtime's copy of them) when larger than the ``estimate`` made from its files."""
+    return max(estimate, int(getattr(model, "resident_bytes", 0) or 0))
+
+
 def estimated_size(version: ModelVersion) -> int:
-    """Bytes a loaded version takes, estimated from its weights file (else all its files)."""
+    """Bytes a loaded version takes, estimated from its weights file (else all its files) before loading."""
     try:
         return version.weights_path.stat().st_size
     except OSError:
@@ -196,6 +202,7 @@ class ModelRegistry(Generic[M]):
             size = estimated_size(stored)
             self._evict(adding=size, replacing=(name, current[0]) if current else None)
             model = self._load(stored)
+            size = resident_size(model, size)
             with self._lock:
                 self._latest = {**self._latest, name: (version, model)}
                 if current is not None and (name, current[0]) not in self._pinned:
@@ -380,6 +387,7 @@ class ModelRegistry(Generic[M]):
             size = estimated_size(stored)
             self._evict(adding=size)
             model = self._load(stored)
+            size = resident_size(model, size)
             with self._lock:
                 self._pinned[key] = model
                 self._recent[key] = size

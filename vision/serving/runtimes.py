@@ -95,6 +95,7 @@ class Runner(Protocol):
 
     runtime: str
     precision: str
+    weights_bytes: int  # the size of its own copy of the weights (the files it was compiled from)
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -117,6 +118,7 @@ class OpenVinoRunner:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
         self.precision = precision
+        self.weights_bytes = model_path.with_suffix(".bin").stat().st_size
         self._compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
@@ -138,6 +140,7 @@ class OnnxRuntimeRunner:
     def __init__(self, onnx_path: Path, threads: int) -> None:
         import onnxruntime as ort
 
+        self.weights_bytes = onnx_path.stat().st_size
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
