@@ -9,8 +9,10 @@ once, as it does offline. Everything else is the real kagglehub reading its real
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -126,3 +128,65 @@ def test_vision_food101_trains_on_the_cached_copy_from_the_command_line(
     assert status == 0
     assert "apple_pie" in capsys.readouterr().out
     assert ModelStore(models).get("food101").metadata.class_names == CLASSES
+
+
+def test_post_train_with_dataset_food101_trains_through_the_gateway_and_the_classifier_serves_it(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import live_gateway, start_classifier
+    from tests.test_bad_input import assert_error
+    from tests.test_gateway_train import form, images, multipart
+
+    cached_food101(tmp_path / "kagglehub")
+    settings = trainer_settings(tmp_path, kagglehub_cache=tmp_path / "kagglehub", min_images_per_class=2)
+    classifier, engine = start_classifier(ModelStore(settings.model_dir))
+    options = {"dataset": "food101", "max_images_per_class": "2", "model_name": "food", "arch": "smallcnn",
+               "epochs": "1", "img_size": "32", "batch_size": "4"}  # fmt: skip
+    try:
+        with running_trainer(settings) as (trainer, _, stub):
+            addresses = {
+                "trainer_addr": f"127.0.0.1:{trainer.port}",
+                "classifier_addr": f"127.0.0.1:{classifier.port}",
+            }
+            with live_gateway(**addresses) as live, httpx.Client(base_url=live.url, timeout=60) as api:
+                body, headers = multipart(form([], {}, **options))
+                reply = api.post("/train", content=body, headers=headers)
+                assert reply.status_code == 202, reply.text
+                done = wait_for(stub, reply.json()["job_id"])
+                assert done.state == trainer_pb2.JOB_STATE_SUCCEEDED, done.error
+                # 2 of each class's train list and 2 of its test list: the cap applies to both splits.
+                assert dict(done.class_counts) == dict.fromkeys(CLASSES, 4)
+                job = api.get(reply.json()["status_url"]).json()
+                assert job["status"] == "succeeded" and job["dataset"] == "food101"
+                model = wait_for_model(api, "food")
+                assert model["class_names"] == CLASSES
+                refused = {
+                    "labels": (form(["a", "b"], {}, **options), "send no label fields"),
+                    "files": (
+                        [("dataset", None, b"food101"), ("files1", "x.png", images(1)[0][1])],
+                        "send no files",
+                    ),
+                    "cap on an upload": (
+                        form(["a", "b"], {1: images(2), 2: images(2, 1)}, max_images_per_class="3"),
+                        "dataset=food101 only",
+                    ),
+                    "unknown dataset": (form([], {}, dataset="imagenet"), "accepted: upload, food101"),
+                }
+                for what, (parts, fragment) in refused.items():
+                    body, headers = multipart(parts)
+                    response = api.post("/train", content=body, headers=headers)
+                    assert_error(response, 400, "invalid_argument", fragment), what
+    finally:
+        classifier.stop(0).wait()
+        engine.close()  # type: ignore[attr-defined]
+
+
+def wait_for_model(api: httpx.Client, name: str, timeout: float = 30.0) -> dict[str, object]:
+    """The gateway's /models entry of ``name`` once the classifier lists it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = {m["name"]: m for m in api.get("/models").json()["models"]}
+        if name in listed:
+            return listed[name]
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never appeared in GET /models")

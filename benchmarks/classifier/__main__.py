@@ -57,6 +57,7 @@ from vision.image.decode import decode_image
 from vision.models.devices import resolve_device
 from vision.models.store import ModelStore
 from vision.serving.classifier import LoadedClassifier, load_for_serving
+from vision.settings import cpu_cores
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -209,9 +210,18 @@ def bare_rows(args: argparse.Namespace, model: LoadedClassifier, images: list[by
     label_p = "decode+preprocess only (no model), 1 thread"
     p_common = {**common, "seconds": min(args.bare_seconds, 3.0), "warmup_s": 0.5}
     results.append(show(run_loop("P", label_p, decode_only, batch="-", **p_common)))
+    # Pillow decodes and resamples outside the GIL: one thread per core should scale with the cores.
+    cores = cpu_cores()
+    label_pn = f"decode+preprocess only (no model), {cores} threads (one per core: the GIL is released)"
+    pn_calls = [lambda i=i: decode_calls(model, images, i) for i in range(cores)]
+    results.append(show(run_load("PN", label_pn, pn_calls, batch="-", **p_common)))
     label_c = "bare decode+preprocess+forward, batch 1, 1 thread"
     results.append(show(run_loop("C", label_c, full_one, batch="1", **common)))
     return results
+
+
+def decode_calls(model: LoadedClassifier, images: list[bytes], i: int) -> None:
+    model.preprocessing(decode_image(images[i % len(images)]))
 
 
 def load_phase(

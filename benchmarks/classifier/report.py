@@ -64,6 +64,16 @@ def ratio_rows(by_key: dict[str, Result], equal_conc: float, gpu: bool) -> list[
                     "met": None,
                 }
             )
+    if "PN" in by_key and "P" in by_key:
+        rows.append(
+            {
+                "service": "decode+preprocess",
+                "versus": "one thread (P): one thread per core (PN), the GIL released while Pillow works",
+                "ratio": round(ratio(by_key["PN"].throughput, by_key["P"].throughput), 3),
+                "target": None,
+                "met": None,
+            }
+        )
     return rows
 
 

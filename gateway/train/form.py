@@ -28,7 +28,14 @@ TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 OPTIONS = (
     "model_name", "arch", "pretrained", "freeze_backbone", "epochs", "batch_size", "lr", "img_size",
     "val_split", "seed", "patience", "optimizer", "label_smoothing", "hflip", "nproc_per_node", "nnodes",
+    "dataset", "max_images_per_class",
 )  # fmt: skip
+# What POST /train trains on: the uploaded images (label1..N + files1..N), or Food-101, which the trainer
+# fetches with kagglehub (the form then has options only). A server-side image folder stays CLI/gRPC only:
+# an HTTP caller must not name paths on the trainer's disk.
+UPLOAD, FOOD101 = "upload", "food101"
+HTTP_DATASETS = (UPLOAD, FOOD101)
+MAX_IMAGES_PER_CLASS = 1_000_000  # Food-101 has 1,000 a class; anything above means "all" anyway
 # (form field, JobSpec field, type, whether the proto reads 0 as "the trainer's default")
 NUMBERS: tuple[tuple[str, str, type, bool], ...] = (
     ("epochs", "epochs", int, True), ("batch_size", "batch_size", int, True),
@@ -115,6 +122,28 @@ def numbered_labels(labels: dict[int, str]) -> list[str]:
     return [labels[i].strip() for i in range(1, len(labels) + 1)]
 
 
+def parse_dataset(fields: dict[str, str]) -> str:
+    """The form's ``dataset`` (default: upload); 400 naming the accepted ones for any other."""
+    dataset = fields.get("dataset", "").strip().lower() or UPLOAD
+    if dataset not in HTTP_DATASETS:
+        raise _bad(f"unknown dataset {dataset[:40]!r}; accepted: {', '.join(HTTP_DATASETS)}")
+    return dataset
+
+
+def dataset_fields(dataset: str, fields: dict[str, str], labels: dict[int, str]) -> dict[str, object]:
+    """The JobSpec's dataset and class names: uploaded classes, or Food-101 (which names its own)."""
+    cap = parse_bounded(
+        "max_images_per_class", fields.get("max_images_per_class", ""), 0, MAX_IMAGES_PER_CLASS
+    )
+    if dataset == UPLOAD:
+        if cap is not None:
+            raise _bad("max_images_per_class applies to dataset=food101 only: upload fewer images instead")
+        return {"class_names": numbered_labels(labels), "upload": trainer_pb2.UploadedDataset()}
+    if labels:
+        raise _bad("dataset=food101 names its own 101 classes: send no label fields (and no files)")
+    return {"food101": trainer_pb2.Food101Dataset(max_images_per_class=cap or 0)}
+
+
 def build_spec(fields: dict[str, str], labels: dict[int, str]) -> trainer_pb2.JobSpec:
     """The JobSpec for the form's fields. Unset numbers are left 0 and an unset optimizer or
     freeze_backbone unspecified: the trainer's defaults. ``pretrained`` (a plain bool in the proto)
@@ -124,10 +153,9 @@ def build_spec(fields: dict[str, str], labels: dict[int, str]) -> trainer_pb2.Jo
     spec = trainer_pb2.JobSpec(
         model_name=fields.get("model_name", "").strip() or DEFAULT_MODEL_NAME,
         architecture=ARCHITECTURES.to_enum(arch),  # type: ignore[arg-type]
-        class_names=numbered_labels(labels),
         pretrained=pretrained,
         horizontal_flip=parse_flag("hflip", fields.get("hflip", ""), True),
-        upload=trainer_pb2.UploadedDataset(),
+        **dataset_fields(parse_dataset(fields), fields, labels),  # type: ignore[arg-type]
     )
     if fields.get("optimizer", "").strip():
         spec.optimizer = OPTIMIZERS.to_enum(parse_choice(OPTIMIZERS, "optimizer", fields["optimizer"]))  # type: ignore[assignment]
@@ -212,6 +240,8 @@ class TrainForm:
         match = _FILES.match(part.name)
         if not match:
             raise _bad(f"file field {part.name!r} is not files1..filesN")
+        if parse_dataset(self.fields) == FOOD101:
+            raise _bad("dataset=food101 trains on Food-101, which the trainer fetches: send no files")
         number = int(match.group(1))
         if number not in self.labels:
             raise _bad(f"{part.name} has no label{number}: send label{number} (before the files)")

@@ -18,8 +18,12 @@ from gateway.train.form import (
     BOUNDED_DOC,
     DEFAULT_MODEL_NAME,
     FILES_FIELD_PATTERN,
+    FOOD101,
+    HTTP_DATASETS,
     LABEL_FIELD_PATTERN,
+    MAX_IMAGES_PER_CLASS,
     NUMBERS,
+    UPLOAD,
     TrainForm,
     field_limits,
 )
@@ -119,6 +123,20 @@ def _form_doc() -> dict[str, Any]:
         "freeze_backbone": {"type": "boolean", "description": "default: pretrained"},
         "optimizer": {"type": "string", "enum": list(OPTIMIZERS.names), "default": OPTIMIZERS.default},
         "hflip": {"type": "boolean", "default": True},
+        "dataset": {
+            "type": "string",
+            "enum": list(HTTP_DATASETS),
+            "default": UPLOAD,
+            "description": "upload: the labelled files of this form; food101: Food-101, fetched by the "
+            "trainer with kagglehub (no labels or files then)",
+        },
+        "max_images_per_class": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_IMAGES_PER_CLASS,
+            "description": "dataset=food101 only: at most this many images of each class in each split "
+            "(quick runs); 0 or unset: all",
+        },
     }
     for name, _, kind, zero_is_default in NUMBERS:
         number: dict[str, Any] = {"type": "integer" if kind is int else "number"}
@@ -141,7 +159,10 @@ def _form_doc() -> dict[str, Any]:
         "properties": properties,
         "patternProperties": {LABEL_FIELD_PATTERN: label, FILES_FIELD_PATTERN: files},
         "additionalProperties": False,
-        "required": ["label1", "label2", "files1", "files2"],
+        # Food-101 brings its own classes; an upload needs at least two labelled classes with files.
+        "if": {"properties": {"dataset": {"const": FOOD101}}, "required": ["dataset"]},
+        "then": {"not": {"anyOf": [{"required": [f]} for f in ("label1", "files1")]}},
+        "else": {"required": ["label1", "label2", "files1", "files2"]},
     }
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
@@ -156,14 +177,15 @@ async def _unary(call: Any, retry_after_s: int) -> Any:
 @router.post(
     TRAIN_PATH,
     status_code=202,
-    summary="Start a training job from labelled images (N classes)",
+    summary="Start a training job from labelled images (N classes), or on Food-101",
     response_model=JobCreated,
     responses=ERRORS,
     openapi_extra=_form_doc(),
 )
 async def train(request: Request, backends: BackendsDep) -> JobCreated:
     """Multipart fields first (``label1``..``labelN`` and options), then ``files1``..``filesN``: the body is
-    streamed to the trainer as it arrives. Answers once every image is stored and the job is queued."""
+    streamed to the trainer as it arrives. Answers once every image is stored and the job is queued.
+    With ``dataset=food101`` the form has options only and the trainer fetches Food-101 itself."""
     settings = backends.settings
     channel = backends.trainer_upload  # 503 when no trainer is deployed
     form = TrainForm(
