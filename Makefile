@@ -70,7 +70,8 @@ browser:
 ## The whole suite: lint, types, tests.
 # The runtime tests load OpenVINO/onnxruntime into the test process; a later test in the same process then
 # crashed (SIGSEGV in os.waitpid during the trainer tests: heap corruption). They run in a process of their own.
-RUNTIME_TESTS := tests/test_runtime.py tests/test_runtime_services.py tests/test_runtime_benchmark.py
+RUNTIME_TESTS := tests/test_runtime.py tests/test_runtime_services.py tests/test_runtime_benchmark.py \
+  tests/test_runtime_detector.py
 test: install browser lint typecheck
 	$(PY) -m pytest -q $(addprefix --ignore=,$(RUNTIME_TESTS))
 	$(PY) -m pytest -q $(RUNTIME_TESTS)

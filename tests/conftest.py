@@ -23,6 +23,7 @@ os.environ.setdefault("VISION_TRAINER_METRICS_PORT", "0")
 # converted runtimes and the default (auto) are tested in tests/test_runtime*.py, which ask for them.
 os.environ.setdefault("VISION_CLASSIFIER_RUNTIME", "torch")
 os.environ.setdefault("VISION_EXPLAIN_RUNTIME", "torch")
+os.environ.setdefault("VISION_DETECTOR_RUNTIME", "torch")
 
 import grpc
 import httpx

@@ -18,7 +18,9 @@ ARG TORCH_CUDA=cu130
 ARG TORCH_INDEX_URL=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 RUN groupadd --gid 10001 vision \
- && useradd --uid 10001 --gid 10001 --no-log-init --create-home --home-dir /home/vision --shell /usr/sbin/nologin vision
+ && useradd --uid 10001 --gid 10001 --no-log-init --create-home --home-dir /home/vision --shell /usr/sbin/nologin vision \
+ && mkdir -p /models /data && chown 10001:10001 /models /data
+# (/models and /data owned by the service user: a new Docker volume mounted there starts out as theirs.)
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /opt/build
