@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export VISION_MODEL_DIR ?= $(CURDIR)/var/models
 export VISION_DATA_DIR ?= $(CURDIR)/var/data
 
-.PHONY: run test test-fast install browser proto lint typecheck bench clean
+.PHONY: run test test-fast install browser proto lint typecheck bench gpu-suite clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ test-fast: install
 
 bench: install
 	$(PY) -m benchmarks.classifier
+
+## On a machine with an NVIDIA GPU: the CUDA tests, then every GPU benchmark against its bare baseline, one table.
+gpu-suite: install
+	benchmarks/gpu_suite.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

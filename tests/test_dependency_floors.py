@@ -94,10 +94,15 @@ FLOORS: dict[str, tuple[str, str]] = {
     "import-linter": ("2.1", "no advisory"),
     "schemathesis": ("4.0", "no advisory"),
     "uv": ("0.9", "no advisory; `make lock`"),
+    "tritonclient": ("2.73", "no advisory; the OIP tests' client"),
+    "python-rapidjson": ("1.20", "no advisory"),
+    "geventhttpclient": ("2.3.3", "no advisory"),
+    "aiohttp": ("3.12.14", "CVE-2025-53643 (request smuggling) fixed 3.12.14"),
 }
 # What the direct requirements pull in, held to the same rule in every lock.
 TRANSITIVE_FLOORS: dict[str, tuple[str, str]] = {
     "h11": ("0.16.0", "CVE-2025-43859 (chunked-encoding request smuggling), via uvicorn"),
+    "gevent": ("23.9.0", "CVE-2023-41419 (WSGIServer privilege escalation), via geventhttpclient"),
     "urllib3": ("2.6.0", "CVE-2025-66471/-66418 (decompression bombs), via requests"),
     "requests": ("2.32.4", "CVE-2024-47081 (.netrc credential leak), via kagglehub and ultralytics"),
     "jinja2": ("3.1.6", "CVE-2025-27516 (sandbox escape), via torch"),
