@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from classifier_svc.config import ClassifierSettings
+from vision.errors import InvalidImage
+from vision.image.batch_decode import BatchDecoder, Prepared
 from vision.image.decode import decode_image
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
@@ -25,7 +27,7 @@ class Classification:
     answered: Answered
 
 
-class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tensor]):
+class ClassifierEngine(ServingEngine[LoadedClassifier, Prepared, torch.Tensor | InvalidImage]):
     """Decodes images in the caller's thread and batches the forward passes of concurrent callers."""
 
     name = "classifier"
@@ -34,13 +36,29 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tenso
     def __init__(self, store: ModelStore, settings: ClassifierSettings) -> None:
         super().__init__(store, settings)
         self.runtime = RuntimeOptions.from_settings(settings, self.device)
+        self.batched_decode = settings.batched_decode(self.device.type)
 
     def load(self, version: ModelVersion) -> LoadedClassifier:
-        return load_for_serving(version, self.device, self.settings.half, runtime=self.runtime)
+        loaded = load_for_serving(version, self.device, self.settings.half, runtime=self.runtime)
+        if self.batched_decode:
+            loaded.decoder = BatchDecoder(
+                loaded.preprocessing, self.device, self.image_limits, self.settings.decode_max_batch_pixels
+            )
+        return loaded
 
-    def run_batch(self, key: Hashable, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def run_batch(self, key: Hashable, items: Sequence[Prepared]) -> list[torch.Tensor | InvalidImage]:
         assert isinstance(key, LoadedClassifier)
-        return list(key.predict(torch.stack(list(items))))
+        if key.decoder is None:
+            return list(key.predict(torch.stack(list(items))))  # type: ignore[arg-type]
+        # Decoded on the device here; an image whose pixels did not decode gets its error in its own slot.
+        decoded = key.decoder.decode(items)
+        results: list[torch.Tensor | InvalidImage] = list(decoded)
+        good = [i for i, item in enumerate(decoded) if not isinstance(item, InvalidImage)]
+        if good:
+            probs = key.predict(torch.stack([decoded[i] for i in good]))  # type: ignore[misc]
+            for row, i in enumerate(good):
+                results[i] = probs[row]
+        return results
 
     def classify(
         self,
@@ -61,12 +79,16 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, torch.Tensor, torch.Tenso
         name, resolved_version, model = self.registry.get(model_name, version)
         prep = model.preprocessing
         with self.decode_slot(deadline):
-            if self.settings.preprocess == "fast":
+            if model.decoder is not None:  # only the header is read here; the pixels in the batch
+                tensor: Prepared = model.decoder.prepare(image)
+            elif self.settings.preprocess == "fast":
                 tensor = prep.fast(decode_image(image, self.image_limits, min_side=prep.resize_size))
             else:
                 tensor = prep(decode_image(image, self.image_limits))
         decode_ms = (time.perf_counter() - start) * 1000
         batched = self.batcher.run(model, tensor, timeout=self.time_left(deadline))
+        if isinstance(batched.value, InvalidImage):
+            raise batched.value
         answered = self.answered(name, resolved_version, decode_ms, batched)
         with self.telemetry.encoding():
             classes = top_classes(batched.value, top_k, model.class_names)

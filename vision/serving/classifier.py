@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vision.image.batch_decode import BatchDecoder
 from vision.image.preprocess import Preprocessing
 from vision.models.store import ModelVersion
 from vision.models.weights import load_classifier
@@ -29,6 +30,7 @@ class LoadedClassifier:
 
     ``module`` is always the torch model (explanations at inner layers need its backward pass); ``runner``,
     when set, is the converted model that serves forward passes instead (`vision.serving.runtimes`).
+    ``decoder``, when set, decodes requests' JPEGs a batch at a time on ``device`` (`BatchDecoder`).
     """
 
     version: ModelVersion
@@ -39,6 +41,7 @@ class LoadedClassifier:
     runner: Runner | None = None
     served_as: ServedAs = field(default_factory=ServedAs)
     parity: Parity | None = None
+    decoder: BatchDecoder | None = None
 
     @property
     def class_names(self) -> list[str]:
