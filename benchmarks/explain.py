@@ -26,7 +26,7 @@ from benchmarks.classifier.clients import grpc_calls
 from benchmarks.harness.inputs import publish_random_model, test_images
 from benchmarks.harness.load import RPC_TIMEOUT_S, Call, Result, grpc_channels, run_load, timing_fields
 from benchmarks.harness.procs import grpc_service, thread_env
-from benchmarks.harness.report import command_line, fmt, markdown_table, ratio, results_table
+from benchmarks.harness.report import command_line, fmt, markdown_table, ratio, results_table, write_json
 from vision.models.store import ModelStore
 from vision.v1 import explainer_pb2, explainer_pb2_grpc
 
@@ -81,6 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2 clients, 1 s phases, 0.5 s warm-up"
     )
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.seconds, args.warmup_seconds = 2, 1.0, 0.5
@@ -117,23 +118,37 @@ def measure(args: argparse.Namespace, store: ModelStore, images: list[bytes], tm
     return results
 
 
-def ratios_table(results: list[Result]) -> str:
+def ratios(results: list[Result]) -> list[dict[str, Any]]:
     """explain / classify images/s per phase, with the targets."""
     base = results[0].throughput
     rows = []
-    for (_key, label, _method, _layer, target), result in zip(PHASES, results[1:], strict=True):
+    for (key, label, _method, _layer, target), result in zip(PHASES, results[1:], strict=True):
         value = ratio(result.throughput, base)
-        met = "-" if target is None else ("yes" if value >= target else "no")
         rows.append(
-            (
-                label,
-                fmt(result.throughput),
-                f"{value:.2f}x",
-                "reported" if target is None else f">= {target}x",
-                met,
-            )
+            {
+                "phase": key,
+                "label": label,
+                "images_per_s": round(result.throughput, 3),
+                "ratio": round(value, 3),
+                "target": target,
+                "met": None if target is None else value >= target,
+            }
         )
-    return markdown_table(("explain phase", "images/s", "ratio to classify", "target", "met"), "lllll", rows)
+    return rows
+
+
+def ratios_table(rows: list[dict[str, Any]]) -> str:
+    body = [
+        (
+            r["label"],
+            fmt(r["images_per_s"]),
+            f"{r['ratio']:.2f}x",
+            "reported" if r["target"] is None else f">= {r['target']}x",
+            "-" if r["met"] is None else ("yes" if r["met"] else "no"),
+        )
+        for r in rows
+    ]
+    return markdown_table(("explain phase", "images/s", "ratio to classify", "target", "met"), "lllll", body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,7 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         publish_random_model(store, "resnet18")
         results = measure(args, store, images, Path(tmp))
     print("\n" + results_table(results))
-    print("\n" + ratios_table(results))
+    rows = ratios(results)
+    print("\n" + ratios_table(rows))
+    write_json(
+        args.json,
+        {
+            "command": command_line(),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "results": [r.summary() for r in results],
+            "ratios": rows,
+        },
+    )
     return 0
 
 

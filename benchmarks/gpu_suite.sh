@@ -68,10 +68,8 @@ step tests 120 "$PY" -m pytest -q -rs -s -p no:cacheprovider --junitxml="$OUT/cu
 step classifier 95 "$PY" -m benchmarks.classifier --device cuda --concurrency 32 --seconds 5 \
   --warmup-seconds 2 --bare-seconds 3 --skip-gateway --json "$OUT/classifier.json"
 
-explain_json=()
-has_option benchmarks.explain --json && explain_json=(--json "$OUT/explain.json")
 step explain 80 "$PY" -m benchmarks.explain --device cuda --concurrency 16 --seconds 5 --warmup-seconds 2 \
-  "${explain_json[@]}"
+  --json "$OUT/explain.json"
 
 detector_runtimes=()
 has_option benchmarks.detector --runtimes && detector_runtimes=(--runtimes "")

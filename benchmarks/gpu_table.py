@@ -7,7 +7,7 @@ gives a FAIL row naming its log):
 * ``gpu.txt``: nvidia-smi's name, memory and driver line
 * ``cuda-tests.xml``: pytest's JUnit report of the CUDA tests
 * ``classifier.json``, ``detector.json``, ``trainer.json``: the benchmarks' ``--json`` output
-* ``explain.json`` (``--json``), or else ``explain.log``, whose printed ratio table is read
+* ``explain.json`` (``--json``)
 
     python -m benchmarks.gpu_table benchmarks/results/gpu-suite-20261207-0100
 
@@ -123,32 +123,15 @@ def classifier_rows(out: Path, steps: dict[str, tuple[str, str]]) -> list[Row]:
 
 def explain_rows(out: Path, steps: dict[str, tuple[str, str]]) -> list[Row]:
     payload = read_json(out / "explain.json")
-    if isinstance(payload, dict) and payload.get("ratios"):
-        phases = [(r["label"], float(r["ratio"]), r.get("target")) for r in payload["ratios"]]
-    else:
-        phases = explain_log_ratios(out / "explain.log")
+    phases = payload.get("ratios", []) if isinstance(payload, dict) else []
     if not phases:
         return [missing("explain_svc", "explain", steps)]
     return [
-        ratio_row("explain_svc", label, "classifier_svc Classify", value, target, "explain")
-        for label, value, target in phases
+        ratio_row(
+            "explain_svc", r["label"], "classifier_svc Classify", float(r["ratio"]), r["target"], "explain"
+        )
+        for r in phases
     ]
-
-
-def explain_log_ratios(path: Path) -> list[tuple[str, float, float | None]]:
-    """(phase, ratio, target) from the ratio table benchmarks.explain prints (until it writes --json)."""
-    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-    starts = [i for i, line in enumerate(lines) if line.startswith("| explain phase |")]
-    if not starts:
-        return []
-    phases: list[tuple[str, float, float | None]] = []
-    for line in lines[starts[-1] + 2 :]:  # after the header and its |---| line
-        if not line.startswith("|"):
-            break
-        label, _, ratio, target, _ = (c.strip() for c in line.strip().strip("|").split("|"))
-        bound = None if target == "reported" else float(target.removeprefix(">=").strip().rstrip("x"))
-        phases.append((label, float(ratio.rstrip("x")), bound))
-    return phases
 
 
 def detector_rows(out: Path, steps: dict[str, tuple[str, str]]) -> list[Row]:
