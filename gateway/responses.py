@@ -243,6 +243,9 @@ class ModelInfo(Body):
     runtime_fallback: str = Field(
         "", description="Why the configured runtime does not serve it (torch does); empty when it does."
     )
+    pinned: bool = Field(
+        False, description="An admin pinned this version: requests naming no version get it, not the newest."
+    )
 
     @classmethod
     def from_proto(cls, m: models_pb2.ModelVersionInfo) -> ModelInfo:
@@ -261,10 +264,55 @@ class ModelInfo(Body):
             runtime=m.runtime,
             precision=m.precision,
             runtime_fallback=m.runtime_fallback,
+            pinned=m.pinned,
         )
 
 
 class ModelsResponse(Body):
     success: Literal[True] = True
     default_model: str
+    default_source: str = Field(
+        "",
+        description="Where the default comes from: store (`vision models set-default`), setting "
+        "(VISION_<SVC>_DEFAULT_MODEL) or automatic; empty when there is no default.",
+    )
     models: list[ModelInfo]
+
+    @classmethod
+    def from_proto(cls, reply: models_pb2.ListModelsResponse) -> ModelsResponse:
+        return cls(
+            default_model=reply.default_model,
+            default_source=reply.default_source,
+            models=[ModelInfo.from_proto(m) for m in reply.models],
+        )
+
+
+# -- the model lifecycle (admins) ----------------------------------------------------------------------------
+
+
+class ModelStateInfo(Body):
+    """A model's lifecycle state in the store, after the change; every service follows it within its poll
+    interval."""
+
+    name: str
+    task: str
+    versions: list[str] = Field(description="Oldest first.")
+    pinned_version: str = Field(description="Empty when none is pinned.")
+    served_version: str = Field(description="What requests naming no version get: pinned, else newest.")
+    default: bool = Field(description="The default model of its task (requests naming no model get it).")
+
+    @classmethod
+    def from_proto(cls, m: models_pb2.ModelState) -> ModelStateInfo:
+        return cls(
+            name=m.name,
+            task=m.task,
+            versions=list(m.versions),
+            pinned_version=m.pinned_version,
+            served_version=m.served_version,
+            default=m.is_default,
+        )
+
+
+class ModelStateResponse(Body):
+    success: Literal[True] = True
+    model: ModelStateInfo

@@ -28,7 +28,7 @@ def test_every_service_contract_is_in_package_vision_v1() -> None:
         explainer_pb2: ["Explainer"],
         detector_pb2: ["Detector"],
         trainer_pb2: ["Trainer"],
-        models_pb2: ["ModelCatalog"],
+        models_pb2: ["ModelAdmin", "ModelCatalog"],
     }
     for module, names in services.items():
         assert module.DESCRIPTOR.package == "vision.v1"

@@ -1,4 +1,4 @@
-"""Assemble trainer_svc: job manager, servicer, health, reflection."""
+"""Assemble trainer_svc: job manager, servicers (Trainer, ModelAdmin), health, reflection."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import logging
 
 import grpc
 
+from trainer_svc.access import Access
 from trainer_svc.config import TrainerSettings
 from trainer_svc.jobs.manager import JobManager
+from trainer_svc.model_admin import add_model_admin
 from trainer_svc.servicer import TrainerServicer
 from vision.models.store import ModelStore
 from vision.rpc.server import GrpcServer, create_server
@@ -27,8 +29,9 @@ def create_trainer_server(settings: TrainerSettings) -> tuple[GrpcServer, JobMan
     manager = JobManager(settings)
 
     def register(server: grpc.Server) -> tuple[str, ...]:
-        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(manager, settings), server)
-        return (TRAINER_SERVICE,)
+        access = Access(settings, manager.db, manager.store)
+        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(manager, settings, access), server)
+        return (TRAINER_SERVICE, add_model_admin(server, manager.store, access))
 
     try:
         grpc_server = create_server(

@@ -1,15 +1,18 @@
-"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, `vision keys
-create|list|revoke`, plus what the installed services contribute through entry points (`vision.plugins`):
-`vision train`, `vision food101`, ..."""
+"""The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, the model lifecycle
+(`vision models pin|unpin|rollback|delete|set-default|unset-default`), `vision keys create|list|revoke`, plus
+what the installed services contribute through entry points (`vision.plugins`): `vision train`, `vision
+food101`, ..."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
 
 from vision.choices import ARCHITECTURES, PRETRAINED_ARCHITECTURES
 from vision.errors import VisionError
+from vision.models.admin import ModelAdmin, ModelState
 from vision.models.store import ModelStore
 from vision.plugins import COMMANDS_GROUP, IMPORTERS_GROUP, load_group
 from vision.settings import StoreSettings
@@ -39,19 +42,69 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    versions = _store(args).list()
+    store = _store(args)
+    versions = store.list()
     if not versions:
         print(f"no models in {args.model_dir}: `vision models import CHECKPOINT --name NAME` adds one")
         return 0
-    print(f"{'NAME':<24} {'VERSION':>7}  {'ARCH':<10} {'CLASSES':>7}  {'CREATED':<25} SOURCE")
+    pins, defaults = store.lifecycle.pins(), set(store.lifecycle.defaults().values())
+    print(f"{'NAME':<24} {'VERSION':>7}  {'ARCH':<10} {'CLASSES':>7}  {'CREATED':<25} {'STATE':<16} SOURCE")
     for v in versions:
         m = v.metadata
         source = m.provenance.get("source", "")
+        state = ",".join(
+            word
+            for word, true in (("pinned", pins.get(v.name) == v.version), ("default", v.name in defaults))
+            if true
+        )
         print(
             f"{v.name:<24} {v.version:>7}  {m.architecture:<10} {m.num_classes:>7}  "
-            f"{m.created_at[:25]:<25} {source}"
+            f"{m.created_at[:25]:<25} {state or '-':<16} {source}"
         )
     return 0
+
+
+def _who() -> str:
+    """Recorded with each lifecycle change, as the gateway's principal is over HTTP."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        return "cli"
+
+
+def _print_state(what: str, state: ModelState) -> int:
+    pinned = f"version {state.pinned} (pinned)" if state.pinned else f"version {state.served} (the newest)"
+    default = f"; the default {state.task} model" if state.is_default else ""
+    print(
+        f"{what}: model {state.name} ({state.task}) has versions {', '.join(state.versions)}; requests "
+        f"naming no version get {pinned}{default}. Services follow within their poll interval."
+    )
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    return _print_state("pinned", ModelAdmin(_store(args)).pin(args.name, args.version, _who()))
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    return _print_state("unpinned", ModelAdmin(_store(args)).unpin(args.name, _who()))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _print_state("rolled back", ModelAdmin(_store(args)).rollback(args.name, _who()))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    state = ModelAdmin(_store(args)).delete(args.name, args.version, _who())
+    return _print_state(f"deleted version {args.version}", state)
+
+
+def cmd_set_default(args: argparse.Namespace) -> int:
+    return _print_state("default set", ModelAdmin(_store(args)).set_default(args.name, _who()))
+
+
+def cmd_unset_default(args: argparse.Namespace) -> int:
+    return _print_state("default unset", ModelAdmin(_store(args)).unset_default(args.name, _who()))
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -181,6 +234,25 @@ def _add_models_commands(sub: argparse._SubParsersAction, store_dir: argparse.Ar
     fetch.add_argument("--url", help="mirror URL of the weights file")
     fetch.add_argument("--timeout", type=float, default=30.0, help="network timeout in seconds")
     fetch.set_defaults(func=cmd_fetch)
+    _add_lifecycle_commands(models, store_dir)
+
+
+def _add_lifecycle_commands(models: argparse._SubParsersAction, store_dir: argparse.ArgumentParser) -> None:
+    """Pin, unpin, roll back, delete, set the default: on the store directly (run where it is writable)."""
+    commands = (
+        ("pin", cmd_pin, True, "serve VERSION to requests naming no version, in every service"),
+        ("unpin", cmd_unpin, False, "serve the newest version again"),
+        ("rollback", cmd_rollback, False, "pin the version before the one served now"),
+        ("delete", cmd_delete, True, "delete VERSION (refused for the pinned and the only version)"),
+        ("set-default", cmd_set_default, False, "make NAME its task's default model, in every service"),
+        ("unset-default", cmd_unset_default, False, "stop NAME being its task's default model"),
+    )
+    for command, func, takes_version, text in commands:
+        parser = models.add_parser(command, parents=[store_dir], help=text)
+        parser.add_argument("name", help="model name in the store")
+        if takes_version:
+            parser.add_argument("version", help="version number, e.g. 3")
+        parser.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,13 @@ RULES: tuple[tuple[frozenset[str] | None, re.Pattern[str], Role], ...] = (
     (None, re.compile(r"^/train/?$"), Role.TRAINER),
     (None, re.compile(r"^/jobs(/.*)?$"), Role.TRAINER),
     (frozenset({"POST"}), re.compile(r"^/(predict|explain|detect)(/.*)?$"), Role.VIEWER),
+    # The model lifecycle (pin, unpin, roll back, default, delete): admins, refused here before any call.
+    (
+        frozenset({"POST", "DELETE"}),
+        re.compile(r"^/models/[^/]+/(pin|unpin|rollback|default)/?$"),
+        Role.ADMIN,
+    ),
+    (frozenset({"DELETE"}), re.compile(r"^/models/[^/]+/versions/[^/]+/?$"), Role.ADMIN),
     (READ_METHODS, re.compile(r"^/models(/.*)?$"), Role.VIEWER),
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from gateway.backends import BackendsDep
-from gateway.responses import Health, Liveness, ModelInfo, ModelsResponse, error_responses
+from gateway.responses import Health, Liveness, ModelsResponse, error_responses
 from vision.v1 import models_pb2
 
 router = APIRouter(tags=["system"])
@@ -41,6 +41,4 @@ async def models(backends: BackendsDep, task: str = "") -> ModelsResponse:
     reply = await backends.call(
         "classifier", backends.classifier_models.ListModels, models_pb2.ListModelsRequest(task=task)
     )
-    return ModelsResponse(
-        default_model=reply.default_model, models=[ModelInfo.from_proto(m) for m in reply.models]
-    )
+    return ModelsResponse.from_proto(reply)

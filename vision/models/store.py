@@ -21,6 +21,11 @@ the store is mounted read-only for the services (Kubernetes) no hold can be take
 a pruned version it has in memory, and a request naming a pruned version it does not have gets NOT_FOUND
 listing the versions that exist. A version is deleted by renaming it to a hidden name first, so readers see
 it whole or not at all.
+
+Lifecycle (`vision.models.lifecycle`, changed by `vision.models.admin`): a model's *pinned* version is what
+requests naming no version get (`served_version`) and is never pruned; a version deleted by an admin keeps
+its number taken, so a later publish never reuses it (a service holding the old one in memory would take the
+new one for it).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from vision.errors import (
     StorageFull,
     VisionError,
 )
+from vision.models.durable import fsync_dir, fsync_tree, write_synced
+from vision.models.lifecycle import LifecycleFiles
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,8 @@ METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # and no '..'
 _NAME_RE = re.compile(MODEL_NAME_PATTERN)
+VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
+_VERSION_RE = re.compile(VERSION_PATTERN)
 
 HOLDS_DIR = ".holds"
 HOLD_TTL_S = 15 * 60.0  # a hold not renewed for this long (its holder died) protects nothing
@@ -109,6 +118,13 @@ def validate_model_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def validate_version(version: str) -> str:
+    """A version as a request names it: a positive integer without leading zeros, at most 18 digits."""
+    if not _VERSION_RE.match(version):
+        raise InvalidArgument(f"invalid version {version!r}: a version is a number such as 3")
+    return version
 
 
 @dataclass
@@ -176,6 +192,7 @@ class ModelStore:
     def __init__(self, root: Path | str, keep_versions: int | None = None) -> None:
         self.root = Path(root)
         self.keep_versions = default_keep_versions() if keep_versions is None else keep_versions
+        self.lifecycle = LifecycleFiles(self.root)
         if self.keep_versions < 0:
             raise ValueError(f"keep_versions must be >= 0, not {self.keep_versions}")
 
@@ -221,6 +238,23 @@ class ModelStore:
             if versions:
                 latest[name] = versions[-1]
         return latest
+
+    def served_version(self, name: str, versions: builtins.list[str] | None = None) -> str:
+        """The version of ``name`` a request naming no version gets: the pinned one while it exists, else the
+        newest ('' when there is none). ``versions``: `versions(name)`, when the caller has it."""
+        versions = self.versions(name) if versions is None else versions
+        pinned = self.lifecycle.pinned(name) if versions else ""
+        return pinned if pinned in versions else (versions[-1] if versions else "")
+
+    def served_snapshot(self) -> dict[str, str]:
+        """{name: `served_version`} for every model: what each service should be serving now."""
+        pins = self.lifecycle.pins()
+        served = {}
+        for name in self.names():
+            versions = self.versions(name)
+            if versions:
+                served[name] = pins[name] if pins.get(name) in versions else versions[-1]
+        return served
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The requested version (newest when ``version`` is empty); raises `ModelNotFound`."""
@@ -268,7 +302,7 @@ class ModelStore:
             new_dir = not model_dir.is_dir()
             model_dir.mkdir(parents=True, exist_ok=True)
             if new_dir:
-                _fsync_dir(model_dir.parent)
+                fsync_dir(model_dir.parent)
             tmp = model_dir / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
             tmp.mkdir()
         except OSError as exc:
@@ -285,7 +319,7 @@ class ModelStore:
             metadata.name = name
             metadata.created_at = metadata.created_at or datetime.now(timezone.utc).isoformat()
             try:
-                _fsync_tree(tmp)  # the weights and artifacts; metadata.json is synced as it is written
+                fsync_tree(tmp)  # the weights and artifacts; metadata.json is synced as it is written
                 version = self._rename_into_place(name, metadata, tmp)
             except OSError as exc:
                 raise _publish_error(name, exc) from exc
@@ -303,9 +337,10 @@ class ModelStore:
         model_dir = self.root / name
         for _ in range(MAX_PUBLISH_ATTEMPTS):
             existing = self.versions(name) + [p.name for p in model_dir.iterdir() if p.name.isdigit()]
+            existing += self.lifecycle.deleted(name)  # read after the listing: see `delete_version`
             metadata.version = str(max((int(v) for v in existing), default=0) + 1)
-            _write_synced(tmp / METADATA_FILE, metadata.to_json().encode())
-            _fsync_dir(tmp)
+            write_synced(tmp / METADATA_FILE, metadata.to_json().encode())
+            fsync_dir(tmp)
             target = model_dir / metadata.version
             try:
                 os.rename(tmp, target)
@@ -313,7 +348,7 @@ class ModelStore:
                 if target.exists():
                     continue  # another publisher took this number: take the next one
                 raise
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
             return self.get(name, metadata.version)
         raise PublishFailed(
             f"could not publish a version of model {name!r}: {MAX_PUBLISH_ATTEMPTS} version numbers in a "
@@ -333,22 +368,40 @@ class ModelStore:
         if keep <= 0:
             return []
         versions = self.versions(name)
-        held = self.held_versions(name)
-        doomed = [v for v in versions[:-keep] if v not in held]
-        moved = []
-        for version in doomed:
+        kept = self.held_versions(name) | {self.lifecycle.pinned(name)}
+        doomed = [v for v in versions[:-keep] if v not in kept]
+        removed = self._remove_versions(name, doomed)
+        if removed:
+            log.info(
+                "pruned model %r versions %s (keeping the newest %d, the pinned and held ones)",
+                name,
+                removed,
+                keep,
+            )
+        return removed
+
+    def delete_version(self, name: str, version: str) -> bool:
+        """Remove one version (False: it was not there). Readers see it whole or not at all; a service that
+        has it in memory keeps serving it until it swaps. The caller (`vision.models.admin`) records the
+        number in the lifecycle file *before* this, so a publisher that no longer lists the version directory
+        reads the record (it lists first, then reads) and never takes the number again."""
+        return bool(self._remove_versions(validate_model_name(name), [validate_version(version)]))
+
+    def _remove_versions(self, name: str, versions: builtins.list[str]) -> builtins.list[str]:
+        model_dir = self.root / name
+        moved = {}
+        for version in versions:
             hidden = model_dir / f"{_DELETING_PREFIX}{version}-{uuid.uuid4().hex}"
             try:
                 os.rename(model_dir / version, hidden)  # gone for readers at once, whole until then
             except FileNotFoundError:
-                continue  # a concurrent publisher pruned it
-            moved.append(hidden)
+                continue  # removed concurrently
+            moved[version] = hidden
         if moved:
-            _fsync_dir(model_dir)
-            log.info("pruned model %r versions %s (keeping the newest %d and held ones)", name, doomed, keep)
-        for hidden in moved:
+            fsync_dir(model_dir)
+        for hidden in moved.values():
             shutil.rmtree(hidden, ignore_errors=True)
-        return doomed
+        return list(moved)
 
     def _remove_leftovers(self, model_dir: Path) -> None:
         cutoff = time.time() - STALE_TEMP_S
@@ -417,33 +470,3 @@ def _publish_error(name: str, exc: BaseException) -> VisionError:
     return PublishFailed(
         f"could not publish a version of model {name!r}: the model store refused it ({reason})"
     )
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file under ``root``, then every directory, deepest first (``root`` last)."""
-    for dirpath, _dirs, files in os.walk(root, topdown=False):
-        for file in files:
-            path = Path(dirpath) / file
-            if path.is_symlink():
-                continue
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

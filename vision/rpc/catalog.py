@@ -15,10 +15,15 @@ from vision.v1 import models_pb2, models_pb2_grpc
 
 
 def version_info(
-    version: ModelVersion, loaded: bool, load_error: str = "", model: object = None
+    version: ModelVersion,
+    loaded: bool,
+    load_error: str = "",
+    model: object = None,
+    pinned: bool = False,
 ) -> models_pb2.ModelVersionInfo:
     """The catalog entry of ``version``; ``loaded`` and ``load_error`` as the answering service sees them,
-    and how ``model`` (the loaded one, if any) runs when it says (a ``served_as`` `ServedAs`)."""
+    how ``model`` (the loaded one, if any) runs when it says (a ``served_as`` `ServedAs`), and whether an
+    admin pinned it."""
     served = getattr(model, "served_as", None)
     meta = version.metadata
     created = Timestamp()
@@ -40,11 +45,13 @@ def version_info(
         runtime=getattr(served, "runtime", ""),
         precision=getattr(served, "precision", ""),
         runtime_fallback=getattr(served, "fallback", ""),
+        pinned=pinned,
     )
 
 
 class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
-    """Lists the store's versions, marking those loaded in this service's registry and why any failed."""
+    """Lists the store's versions, marking those loaded in this service's registry, why any failed, and the
+    pinned ones."""
 
     def __init__(self, registry: ModelRegistry[Any]) -> None:
         self._registry = registry
@@ -56,15 +63,24 @@ class ModelCatalogServicer(models_pb2_grpc.ModelCatalogServicer):
         failed = self._registry.load_errors()
         store = self._registry.store
         versions = [v for v in store.list() if not request.task or v.metadata.task == request.task]
+        pins = store.lifecycle.pins()
         try:
             default = self._registry.resolve_name("")
         except VisionError:
             default = ""
         return models_pb2.ListModelsResponse(
             models=[
-                version_info(v, v.key in loaded, failed.get(v.key, ""), loaded.get(v.key)) for v in versions
+                version_info(
+                    v,
+                    loaded=v.key in loaded,
+                    load_error=failed.get(v.key, ""),
+                    model=loaded.get(v.key),
+                    pinned=pins.get(v.name) == v.version,
+                )
+                for v in versions
             ],
             default_model=default,
+            default_source=self._registry.default_source() if default else "",
         )
 
 

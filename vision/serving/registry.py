@@ -2,21 +2,25 @@
 
 What is loaded:
 
-* At start only the *default model* (the configured ``default_model``, else the preferred one if stored,
-  else the newest) is loaded and warmed up, so a request that names no model never waits for a load. Every
+* At start only the *default model* (the store's default for the task, set with `vision models set-default`;
+  else the configured ``default_model``; else the preferred one if stored, else the newest admin model) is
+  loaded and warmed up, so a request that names no model never waits for a load. Every
   other model is loaded on its first request.
 * Loaded models are kept within a budget: at most ``max_loaded_models`` versions and ``max_memory_mb``
   MiB (estimated from the size of their weights files); 0 means no limit. Beyond it the least recently used
-  version is unloaded. The default model's newest version is pinned: never unloaded. Unloading only drops
+  version is unloaded. The default model's served version is never unloaded. Unloading only drops
   the registry's reference, so a request that already holds the model finishes on it.
 * Older versions asked for by number are loaded on demand too, and also kept in a small LRU of their own
-  (``max_pinned``).
+  (``max_pinned``; "pinned" in this module's names means that LRU, not an admin's pin).
 
-Hot reload: a background thread polls the store (cheap directory listings). When a newer version of a
-*loaded* model appears it is loaded beside the old one and swapped in with one reference assignment, so no
-request ever fails because of a swap. A newer version of a model that is not loaded is only noted; it is
-what the model's next first request loads. Its weights file is checked against the sha256 in its metadata
-(read, not loaded), so a damaged version is reported before anyone asks for it.
+Hot reload: a background thread polls the store (cheap directory listings). When the *served* version of a
+loaded model changes (a newer version published, or an admin pinned, unpinned or deleted one: the served
+version is the pinned one, else the newest; `vision.models.admin`) it is loaded beside the old one and swapped
+in with one reference assignment, so no request ever fails because of a swap. A newer version of a model
+that is not loaded is only noted; it is what the model's next first request loads. Its weights file is
+checked against the sha256 in its metadata (read, not loaded), so a damaged version is reported before
+anyone asks for it. A version asked for by number that an admin deleted is forgotten at the next poll
+(requests naming it then get NOT_FOUND); one pruned by a publisher keeps serving from memory.
 
 A version that fails to load is recorded with the reason (`load_errors`, shown per model by ModelCatalog) and
 not retried until a newer version is published; the other models keep serving, and an older version of the
@@ -52,6 +56,9 @@ Key = tuple[str, str]  # (name, version)
 PREFERRED_DEFAULT = "resnet18"
 EMPTY_STORE_MESSAGE = "no model in the model store: import one with `vision models import` or train one"
 MIB = 1024 * 1024
+# Where the default model comes from: `vision models set-default` (the store), VISION_<SVC>_DEFAULT_MODEL, or
+# the registry's own choice (the preferred model, else the newest admin model).
+DEFAULT_SOURCES = ("store", "setting", "automatic")
 
 
 def resident_size(model: object, estimate: int) -> int:
@@ -103,8 +110,9 @@ class ModelRegistry(Generic[M]):
         self._latest: dict[str, tuple[str, M]] = {}  # name -> (version, model); replaced, never mutated
         self._pinned: OrderedDict[Key, M] = OrderedDict()  # older versions asked for by number
         self._recent: OrderedDict[Key, int] = OrderedDict()  # every loaded key -> size, least recent first
-        self._noted: dict[str, str] = {}  # newest version of each model of this task, as of the last poll
-        self._default_name = ""  # the default model as of the last poll: its newest version is never evicted
+        self._noted: dict[str, str] = {}  # served version of each model of this task, last poll
+        self._default_name = ""  # the default model as of the last poll: its served version is never evicted
+        self._default_source = ""  # where it came from: DEFAULT_SOURCES
         self._failed: dict[Key, str] = {}  # (name, version) -> why it could not be loaded
         self._checked: set[Key] = set()  # versions whose files were checked without loading them
         self._lock = threading.Lock()  # guards the references above
@@ -142,24 +150,29 @@ class ModelRegistry(Generic[M]):
     def refresh(self) -> None:
         """Load the default model and newer versions of loaded models; note the rest; forget deleted ones."""
         snapshot = self._task_snapshot()
-        default = self._default_from(snapshot)
-        for name, newest in snapshot.items():
+        default, source = self._default_from(snapshot)
+        for name, served in snapshot.items():
             if name not in self._latest and name != default:
-                self._check(name, newest)
+                self._check(name, served)
         with self._lock:
             self._noted = snapshot
-            self._default_name = default
+            self._default_name, self._default_source = default, source
         wanted = set(self._latest) | ({default} if default else set())
         for name in sorted(wanted):
             version = snapshot.get(name)
             current = self._latest.get(name)
             if version is None or (name, version) in self._failed:
                 continue
-            if current is None or int(current[0]) < int(version):
+            if current is None or current[0] != version:
                 with contextlib.suppress(ModelLoadFailed):  # recorded and logged; the rest still loads
                     self._load_latest(name, version)
         with self._lock:
-            gone = [key for key in self._recent if key[0] not in snapshot]
+            by_number = list(self._pinned)
+        # Deleted by an admin (a pruned version in memory keeps serving: the store may be read-only here).
+        removed = {name: set(self.store.lifecycle.deleted(name)) for name, _ in by_number}
+        deleted = {key for key in by_number if key[1] in removed[key[0]]}
+        with self._lock:
+            gone = [key for key in self._recent if key[0] not in snapshot or key in deleted]
             self._latest = {n: v for n, v in self._latest.items() if n in snapshot}
             for key in gone:
                 self._forget(key)
@@ -171,45 +184,56 @@ class ModelRegistry(Generic[M]):
         self._renew_holds()
 
     def _task_snapshot(self) -> dict[str, str]:
-        """{name: newest version} of the store's models of this registry's task (others are ignored)."""
+        """{name: served version} of the store's models of this registry's task (others are ignored)."""
         return {
             name: version
-            for name, version in self.store.snapshot().items()
+            for name, version in self.store.served_snapshot().items()
             if self.store.get(name, version).metadata.task == self._task
         }
 
-    def _default_from(self, snapshot: dict[str, str]) -> str:
-        """The model a request naming none gets, given the store's models of this task ('' if none)."""
+    def _default_from(self, snapshot: dict[str, str]) -> tuple[str, str]:
+        """The model a request naming none gets, given the store's models of this task ('' if none), and
+        where that choice comes from (`DEFAULT_SOURCES`): the store's default first, so that an admin's
+        `vision models set-default` reaches every service of the task whatever its settings say."""
+        chosen = self.store.lifecycle.defaults().get(self._task, "")
+        if chosen in snapshot:
+            return chosen, "store"
         if self._default:
-            return self._default
+            return self._default, "setting"
         # Only the admins' models (imported, or trained by an admin) become the default unasked: a model a
         # trainer published never takes over the requests that name no model.
         admins = {n: v for n, v in snapshot.items() if self._owners.admin_owned(n)}
         if not admins:
-            return ""
+            return "", ""
         if self._preferred in admins:
-            return self._preferred
+            return self._preferred, "automatic"
         latest = [self.store.get(n, v) for n, v in admins.items()]
-        return max(latest, key=lambda v: v.metadata.created_at).name
+        return max(latest, key=lambda v: v.metadata.created_at).name, "automatic"
 
-    def _load_latest(self, name: str, version: str) -> M:
+    def _load_latest(self, name: str, version: str, replace: bool = True) -> tuple[str, M]:
+        """Load ``version`` and make it what requests naming no version get; (version, model) served after.
+        ``replace=False`` (a request's first load): whatever a concurrent poll loaded meanwhile stays."""
         with self._load_lock:
             current = self._latest.get(name)
-            if current is not None and int(current[0]) >= int(version):
+            if current is not None and (current[0] == version or not replace):
                 self._touch((name, current[0]))
-                return current[1]
+                return current
             stored = self.store.get(name, version)
-            size = estimated_size(stored)
-            self._evict(adding=size, replacing=(name, current[0]) if current else None)
-            model = self._load(stored)
-            size = resident_size(model, size)
+            with self._lock:
+                model: M | None = self._pinned.get(stored.key)  # loaded by number already: shared
+            size = self._recent.get(stored.key, 0) if model is not None else estimated_size(stored)
+            if model is None:
+                self._evict(adding=size, replacing=(name, current[0]) if current else None)
+                model = self._load(stored)
+                size = resident_size(model, size)
+            replaced = current is not None and (name, current[0]) not in self._pinned
             with self._lock:
                 self._latest = {**self._latest, name: (version, model)}
-                if current is not None and (name, current[0]) not in self._pinned:
+                if current is not None and replaced:
                     self._recent.pop((name, current[0]), None)
                 self._recent[stored.key] = size
             self._hold(stored.key)
-            if current is not None:
+            if current is not None and replaced:
                 self.store.release(name, current[0], self._holder)
             log.info(
                 "serving %s version %s%s",
@@ -218,7 +242,7 @@ class ModelRegistry(Generic[M]):
                 f" (replacing version {current[0]})" if current else "",
             )
         self._evict(keep=stored.key)
-        return model
+        return version, model
 
     def _load(self, stored: ModelVersion) -> M:
         """The loader's model, or `ModelLoadFailed` (recorded) saying why it could not be loaded."""
@@ -265,9 +289,10 @@ class ModelRegistry(Generic[M]):
                 self._recent.move_to_end(key)
 
     def _protected(self) -> Key | None:
-        """The default model's newest loaded version: never evicted."""
-        current = self._latest.get(self._default or self._default_name)
-        return (self._default or self._default_name, current[0]) if current else None
+        """The default model's served version: never evicted."""
+        name = self._default_name or self._default
+        current = self._latest.get(name)
+        return (name, current[0]) if current else None
 
     def _over_budget(self, adding: int | None, replacing: Key | None) -> bool:
         sizes = {key: size for key, size in self._recent.items() if key != replacing}
@@ -337,12 +362,12 @@ class ModelRegistry(Generic[M]):
         """The model name a request means: its own, else the configured default, else a sensible one."""
         if name:
             return name
-        if self._default:
-            return self._default
         if self._default_name:  # as of the last poll: no store reads per request (O(models) files each)
             return self._default_name
+        if self._default:
+            return self._default
         snapshot = self._task_snapshot()  # the store was empty at the last poll
-        default = self._default_from(snapshot)
+        default, _ = self._default_from(snapshot)
         if not default and snapshot:
             raise NoModelAvailable(
                 "no default model: the stored models were all published by trainers, and only an admin's "
@@ -362,10 +387,10 @@ class ModelRegistry(Generic[M]):
             return name, current[0], current[1]
         if not version:
             # Not loaded yet (or published after the last poll): load it now.
-            stored = self.store.get(name)
+            stored = self.store.get(name, self.store.served_version(name))
             if stored.metadata.task != self._task:
                 raise ModelNotFound(f"model {name!r} is a {stored.metadata.task} model, not {self._task}")
-            return name, stored.version, self._load_latest(name, stored.version)
+            return name, *self._load_latest(name, stored.version, replace=False)
         return name, version, self._get_pinned(name, version)
 
     def _get_pinned(self, name: str, version: str) -> M:
@@ -378,8 +403,10 @@ class ModelRegistry(Generic[M]):
         stored = self.store.get(name, version)
         if stored.metadata.task != self._task:
             raise ModelNotFound(f"model {name!r} is a {stored.metadata.task} model, not {self._task}")
-        if self._latest.get(name) is None and version == self.store.versions(name)[-1]:
-            return self._load_latest(name, version)  # the newest, asked for by number: loaded as the newest
+        if self._latest.get(name) is None and version == self.store.served_version(name):
+            served, model = self._load_latest(name, version, replace=False)  # loaded as the served one
+            if served == version:
+                return model
         with self._load_lock:
             with self._lock:
                 if key in self._pinned:  # loaded by a concurrent request meanwhile
@@ -401,6 +428,10 @@ class ModelRegistry(Generic[M]):
                 self.store.release(*old, self._holder)
         self._evict(keep=key)
         return model
+
+    def default_source(self) -> str:
+        """Where the default model comes from (`DEFAULT_SOURCES`), as of the last poll."""
+        return self._default_source
 
     def load_errors(self) -> dict[Key, str]:
         """Why each (name, version) that failed to load could not be loaded."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vision/v1/models.proto\x12\tvision.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"\xa0\x03\n\x10ModelVersionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12\x12\n\ninput_size\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x07metrics\x18\t \x03(\x0b\x32(.vision.v1.ModelVersionInfo.MetricsEntry\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0e\n\x06loaded\x18\x0b \x01(\x08\x12\x12\n\nload_error\x18\x0c \x01(\t\x12\x0f\n\x07runtime\x18\r \x01(\t\x12\x11\n\tprecision\x18\x0e \x01(\t\x12\x18\n\x10runtime_fallback\x18\x0f \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"X\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.vision.v1.ModelVersionInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t2Y\n\x0cModelCatalog\x12I\n\nListModels\x12\x1c.vision.v1.ListModelsRequest\x1a\x1d.vision.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vision/v1/models.proto\x12\tvision.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"0\n\x0fPinModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"!\n\x11UnpinModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14RollbackModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x19\x44\x65leteModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"&\n\x16SetDefaultModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x18UnsetDefaultModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"~\n\nModelState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x16\n\x0epinned_version\x18\x04 \x01(\t\x12\x16\n\x0eserved_version\x18\x05 \x01(\t\x12\x12\n\nis_default\x18\x06 \x01(\x08\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"\xb0\x03\n\x10ModelVersionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x13\n\x0bnum_classes\x18\x05 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\x12\x12\n\ninput_size\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x07metrics\x18\t \x03(\x0b\x32(.vision.v1.ModelVersionInfo.MetricsEntry\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0e\n\x06loaded\x18\x0b \x01(\x08\x12\x12\n\nload_error\x18\x0c \x01(\t\x12\x0f\n\x07runtime\x18\r \x01(\t\x12\x11\n\tprecision\x18\x0e \x01(\t\x12\x18\n\x10runtime_fallback\x18\x0f \x01(\t\x12\x0e\n\x06pinned\x18\x10 \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"p\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.vision.v1.ModelVersionInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_source\x18\x03 \x01(\t2Y\n\x0cModelCatalog\x12I\n\nListModels\x12\x1c.vision.v1.ListModelsRequest\x1a\x1d.vision.v1.ListModelsResponse2\xc8\x03\n\nModelAdmin\x12=\n\x08PinModel\x12\x1a.vision.v1.PinModelRequest\x1a\x15.vision.v1.ModelState\x12\x41\n\nUnpinModel\x12\x1c.vision.v1.UnpinModelRequest\x1a\x15.vision.v1.ModelState\x12G\n\rRollbackModel\x12\x1f.vision.v1.RollbackModelRequest\x1a\x15.vision.v1.ModelState\x12Q\n\x12\x44\x65leteModelVersion\x12$.vision.v1.DeleteModelVersionRequest\x1a\x15.vision.v1.ModelState\x12K\n\x0fSetDefaultModel\x12!.vision.v1.SetDefaultModelRequest\x1a\x15.vision.v1.ModelState\x12O\n\x11UnsetDefaultModel\x12#.vision.v1.UnsetDefaultModelRequest\x1a\x15.vision.v1.ModelStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELVERSIONINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_LISTMODELSREQUEST']._serialized_start=70
-  _globals['_LISTMODELSREQUEST']._serialized_end=103
-  _globals['_MODELVERSIONINFO']._serialized_start=106
-  _globals['_MODELVERSIONINFO']._serialized_end=522
-  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_start=476
-  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_end=522
-  _globals['_LISTMODELSRESPONSE']._serialized_start=524
-  _globals['_LISTMODELSRESPONSE']._serialized_end=612
-  _globals['_MODELCATALOG']._serialized_start=614
-  _globals['_MODELCATALOG']._serialized_end=703
+  _globals['_PINMODELREQUEST']._serialized_start=70
+  _globals['_PINMODELREQUEST']._serialized_end=118
+  _globals['_UNPINMODELREQUEST']._serialized_start=120
+  _globals['_UNPINMODELREQUEST']._serialized_end=153
+  _globals['_ROLLBACKMODELREQUEST']._serialized_start=155
+  _globals['_ROLLBACKMODELREQUEST']._serialized_end=191
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=193
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=251
+  _globals['_SETDEFAULTMODELREQUEST']._serialized_start=253
+  _globals['_SETDEFAULTMODELREQUEST']._serialized_end=291
+  _globals['_UNSETDEFAULTMODELREQUEST']._serialized_start=293
+  _globals['_UNSETDEFAULTMODELREQUEST']._serialized_end=333
+  _globals['_MODELSTATE']._serialized_start=335
+  _globals['_MODELSTATE']._serialized_end=461
+  _globals['_LISTMODELSREQUEST']._serialized_start=463
+  _globals['_LISTMODELSREQUEST']._serialized_end=496
+  _globals['_MODELVERSIONINFO']._serialized_start=499
+  _globals['_MODELVERSIONINFO']._serialized_end=931
+  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_start=885
+  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_end=931
+  _globals['_LISTMODELSRESPONSE']._serialized_start=933
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1045
+  _globals['_MODELCATALOG']._serialized_start=1047
+  _globals['_MODELCATALOG']._serialized_end=1136
+  _globals['_MODELADMIN']._serialized_start=1139
+  _globals['_MODELADMIN']._serialized_end=1595
 # @@protoc_insertion_point(module_scope)

@@ -98,3 +98,311 @@ class ModelCatalog:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ModelAdminStub:
+    """Changes to what every model service serves, made in the model store: served by trainer_svc (which has the
+    store read-write), admins only (PERMISSION_DENIED otherwise). Each service sees a change at its next poll
+    (VISION_<SVC>_POLL_INTERVAL_S) and swaps as for a new publish: in-flight requests finish on the old version.
+    Errors: INVALID_ARGUMENT (a bad name or version), NOT_FOUND (no such model or version), FAILED_PRECONDITION
+    (deleting the pinned or the only version; rolling back from the oldest).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PinModel = channel.unary_unary(
+                '/vision.v1.ModelAdmin/PinModel',
+                request_serializer=vision_dot_v1_dot_models__pb2.PinModelRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_models__pb2.ModelState.FromString,
+                _registered_method=True)
+        self.UnpinModel = channel.unary_unary(
+                '/vision.v1.ModelAdmin/UnpinModel',
+                request_serializer=vision_dot_v1_dot_models__pb2.UnpinModelRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_models__pb2.ModelState.FromString,
+                _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/vision.v1.ModelAdmin/RollbackModel',
+                request_serializer=vision_dot_v1_dot_models__pb2.RollbackModelRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_models__pb2.ModelState.FromString,
+                _registered_method=True)
+        self.DeleteModelVersion = channel.unary_unary(
+                '/vision.v1.ModelAdmin/DeleteModelVersion',
+                request_serializer=vision_dot_v1_dot_models__pb2.DeleteModelVersionRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_models__pb2.ModelState.FromString,
+                _registered_method=True)
+        self.SetDefaultModel = channel.unary_unary(
+                '/vision.v1.ModelAdmin/SetDefaultModel',
+                request_serializer=vision_dot_v1_dot_models__pb2.SetDefaultModelRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_models__pb2.ModelState.FromString,
+                _registered_method=True)
+        self.UnsetDefaultModel = channel.unary_unary(
+                '/vision.v1.ModelAdmin/UnsetDefaultModel',
+                request_serializer=vision_dot_v1_dot_models__pb2.UnsetDefaultModelRequest.SerializeToString,
+                response_deserializer=vision_dot_v1_dot_models__pb2.ModelState.FromString,
+                _registered_method=True)
+
+
+class ModelAdminServicer:
+    """Changes to what every model service serves, made in the model store: served by trainer_svc (which has the
+    store read-write), admins only (PERMISSION_DENIED otherwise). Each service sees a change at its next poll
+    (VISION_<SVC>_POLL_INTERVAL_S) and swaps as for a new publish: in-flight requests finish on the old version.
+    Errors: INVALID_ARGUMENT (a bad name or version), NOT_FOUND (no such model or version), FAILED_PRECONDITION
+    (deleting the pinned or the only version; rolling back from the oldest).
+    """
+
+    def PinModel(self, request, context):
+        """Requests naming no version get this version (not the newest) until UnpinModel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpinModel(self, request, context):
+        """Requests naming no version get the newest again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModel(self, request, context):
+        """Pin the newest version older than the one served now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelVersion(self, request, context):
+        """Delete one version; its number is never given to another. Refused for the pinned and the only version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultModel(self, request, context):
+        """Make the model its task's default (requests naming no model), above VISION_<SVC>_DEFAULT_MODEL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnsetDefaultModel(self, request, context):
+        """Stop the model being its task's default (a no-op when it is not).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinModel,
+                    request_deserializer=vision_dot_v1_dot_models__pb2.PinModelRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_models__pb2.ModelState.SerializeToString,
+            ),
+            'UnpinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpinModel,
+                    request_deserializer=vision_dot_v1_dot_models__pb2.UnpinModelRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_models__pb2.ModelState.SerializeToString,
+            ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=vision_dot_v1_dot_models__pb2.RollbackModelRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_models__pb2.ModelState.SerializeToString,
+            ),
+            'DeleteModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelVersion,
+                    request_deserializer=vision_dot_v1_dot_models__pb2.DeleteModelVersionRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_models__pb2.ModelState.SerializeToString,
+            ),
+            'SetDefaultModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultModel,
+                    request_deserializer=vision_dot_v1_dot_models__pb2.SetDefaultModelRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_models__pb2.ModelState.SerializeToString,
+            ),
+            'UnsetDefaultModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnsetDefaultModel,
+                    request_deserializer=vision_dot_v1_dot_models__pb2.UnsetDefaultModelRequest.FromString,
+                    response_serializer=vision_dot_v1_dot_models__pb2.ModelState.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'vision.v1.ModelAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('vision.v1.ModelAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelAdmin:
+    """Changes to what every model service serves, made in the model store: served by trainer_svc (which has the
+    store read-write), admins only (PERMISSION_DENIED otherwise). Each service sees a change at its next poll
+    (VISION_<SVC>_POLL_INTERVAL_S) and swaps as for a new publish: in-flight requests finish on the old version.
+    Errors: INVALID_ARGUMENT (a bad name or version), NOT_FOUND (no such model or version), FAILED_PRECONDITION
+    (deleting the pinned or the only version; rolling back from the oldest).
+    """
+
+    @staticmethod
+    def PinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vision.v1.ModelAdmin/PinModel',
+            vision_dot_v1_dot_models__pb2.PinModelRequest.SerializeToString,
+            vision_dot_v1_dot_models__pb2.ModelState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vision.v1.ModelAdmin/UnpinModel',
+            vision_dot_v1_dot_models__pb2.UnpinModelRequest.SerializeToString,
+            vision_dot_v1_dot_models__pb2.ModelState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vision.v1.ModelAdmin/RollbackModel',
+            vision_dot_v1_dot_models__pb2.RollbackModelRequest.SerializeToString,
+            vision_dot_v1_dot_models__pb2.ModelState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vision.v1.ModelAdmin/DeleteModelVersion',
+            vision_dot_v1_dot_models__pb2.DeleteModelVersionRequest.SerializeToString,
+            vision_dot_v1_dot_models__pb2.ModelState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vision.v1.ModelAdmin/SetDefaultModel',
+            vision_dot_v1_dot_models__pb2.SetDefaultModelRequest.SerializeToString,
+            vision_dot_v1_dot_models__pb2.ModelState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnsetDefaultModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vision.v1.ModelAdmin/UnsetDefaultModel',
+            vision_dot_v1_dot_models__pb2.UnsetDefaultModelRequest.SerializeToString,
+            vision_dot_v1_dot_models__pb2.ModelState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
