@@ -45,7 +45,7 @@ lock: $(STAMP)
 lock-upgrade: LOCK_FLAGS = --upgrade
 lock-upgrade: lock
 
-## Regenerate vision/v1 from protos/ (the only way the generated code is made).
+## Regenerate vision/v1 and vision/oip_pb from protos/ (the only way the generated code is made).
 proto: $(STAMP)
 	$(PY) -m vision.protogen
 

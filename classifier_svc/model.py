@@ -60,6 +60,18 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, Prepared, torch.Tensor | 
                 results[i] = probs[row]
         return results
 
+    def prepare(self, model: LoadedClassifier, image: bytes, deadline: float | None) -> Prepared:
+        """``image`` as ``model``'s batch item, in the caller's thread (one of the ``max_concurrent_decodes``
+        slots, waited for until ``deadline``): the preprocessed tensor, or with batched decoding the checked
+        JPEG whose pixels the batch decodes. Raises `InvalidImage` for bad bytes."""
+        prep = model.preprocessing
+        with self.decode_slot(deadline):
+            if model.decoder is not None:  # only the header is read here; the pixels in the batch
+                return model.decoder.prepare(image)
+            if self.settings.preprocess == "fast":
+                return prep.fast(decode_image(image, self.image_limits, min_side=prep.resize_size))
+            return prep(decode_image(image, self.image_limits))
+
     def classify(
         self,
         image: bytes,
@@ -77,14 +89,7 @@ class ClassifierEngine(ServingEngine[LoadedClassifier, Prepared, torch.Tensor | 
         start = time.perf_counter()
         deadline = self.deadline_after(timeout)
         name, resolved_version, model = self.registry.get(model_name, version)
-        prep = model.preprocessing
-        with self.decode_slot(deadline):
-            if model.decoder is not None:  # only the header is read here; the pixels in the batch
-                tensor: Prepared = model.decoder.prepare(image)
-            elif self.settings.preprocess == "fast":
-                tensor = prep.fast(decode_image(image, self.image_limits, min_side=prep.resize_size))
-            else:
-                tensor = prep(decode_image(image, self.image_limits))
+        tensor = self.prepare(model, image, deadline)
         decode_ms = (time.perf_counter() - start) * 1000
         batched = self.batcher.run(model, tensor, timeout=self.time_left(deadline))
         if isinstance(batched.value, InvalidImage):

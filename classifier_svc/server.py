@@ -7,6 +7,7 @@ import threading
 
 from classifier_svc.config import ClassifierSettings
 from classifier_svc.model import ClassifierEngine
+from classifier_svc.oip import oip_service
 from classifier_svc.servicer import ClassifierServicer
 from vision.models.pretrained import ensure_default_model
 from vision.models.store import ModelStore
@@ -22,7 +23,8 @@ SPEC = ServiceSpec(
 
 
 def create_classifier_server(settings: ClassifierSettings) -> tuple[GrpcServer, ClassifierEngine]:
-    """Listen, load the stored models, report SERVING (see `start_model_service`).
+    """Listen, load the stored models, report SERVING (see `start_model_service`); the Open Inference
+    Protocol (`classifier_svc.oip`) is served on the same port.
 
     With an empty store the ImageNet download runs in the background so it never delays startup; the
     registry's poller picks the model up when it lands.
@@ -40,5 +42,7 @@ def create_classifier_server(settings: ClassifierSettings) -> tuple[GrpcServer, 
             ).start()
 
     servicer = ClassifierServicer(engine, settings.max_top_k)
-    server = start_model_service(SPEC, settings, engine, servicer, before_load=fetch_if_empty)
+    server = start_model_service(
+        SPEC, settings, engine, servicer, before_load=fetch_if_empty, extra_services=[oip_service(engine)]
+    )
     return server, engine

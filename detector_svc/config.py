@@ -5,12 +5,13 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from vision.settings import ModelServiceSettings
+from detector_svc.parity import FP32_BOX_PX, FP32_SCORE
+from vision.settings import RuntimeServiceSettings
 
 YOLO11N_URL = "https://github.com/ultralytics/assets/releases/download/v8.3.0/yolo11n.pt"
 
 
-class DetectorSettings(ModelServiceSettings):
+class DetectorSettings(RuntimeServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VISION_DETECTOR_", extra="ignore", populate_by_name=True)
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port (0: any free port).")
@@ -35,3 +36,23 @@ class DetectorSettings(ModelServiceSettings):
     )
     default_weights_url: str = Field(YOLO11N_URL, description="Where yolo11n.pt is fetched from.")
     fetch_timeout_s: float = Field(10.0, gt=0, description="Network timeout for that download.")
+    openvino_streams: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="OpenVINO CPU streams of a converted model: 0, one per inference thread (each "
+        "single-threaded; a batch's images run side by side: throughput, robust on a busy CPU); 1, one "
+        "stream using every thread (the lowest latency for lone requests on an idle CPU).",
+    )
+    parity_box_tolerance_px: float = Field(
+        FP32_BOX_PX,
+        ge=0,
+        description="Largest difference of a box coordinate (original-image pixels) an fp32 converted model "
+        "may have from torch's on the parity photos; beyond it torch serves that version.",
+    )
+    parity_score_tolerance: float = Field(
+        FP32_SCORE,
+        ge=0,
+        description="Largest difference of a confidence (and of any raw class score) an fp32 converted model "
+        "may have from torch's on the parity photos; beyond it torch serves that version.",
+    )

@@ -2,7 +2,8 @@
 No gRPC here.
 
 Thread safety: an Ultralytics model (and its predictor) is only ever used by the batcher's one worker
-thread; loading and warm-up happen before a model is published to the registry.
+thread; loading, conversion to the configured runtime and warm-up happen before a model is published to the
+registry (`detector_svc.served`).
 
 Equal answers: one ``YOLO.predict`` call gets only requests with the same image shape and the same
 parameters. Ultralytics letterboxes a batch of equal shapes exactly as it does one image (minimal padding),
@@ -12,11 +13,12 @@ a single-image ``YOLO.predict`` of the same image with the same parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,13 +26,17 @@ import torch
 from PIL import Image
 
 from detector_svc.config import DetectorSettings
-from detector_svc.network import DETECTION_TASK, load_yolo
+from detector_svc.network import DETECTION_TASK
 from detector_svc.options import DetectOptions, resolve_classes
+from detector_svc.parity import ParityBounds
+from detector_svc.served import PredictKey, ServedDetector, load_for_serving
 from vision.errors import InvalidArgument, ModelNotFound, NoModelAvailable
 from vision.image.decode import decode_image
 from vision.image.png import encode_png
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.engine import Answered, ServingEngine
+from vision.serving.runtimes import RuntimeOptions
+from vision.settings import cpu_cores
 
 if TYPE_CHECKING:
     from ultralytics.engine.results import Results
@@ -39,57 +45,6 @@ DEFAULT_MODEL = "yolo11n"
 NO_DETECTION_MODEL = (
     f"no detection model: import one with `vision models import yolo.pt --name {DEFAULT_MODEL}`"
 )
-
-
-@dataclass(eq=False)
-class ServedDetector:
-    """A stored version as an Ultralytics YOLO on ``device``; ``predict`` runs on the batcher thread only."""
-
-    version: ModelVersion
-    yolo: Any  # ultralytics.YOLO
-    device: torch.device
-    half: bool
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.version.metadata.class_names
-
-    @property
-    def fixed_imgsz(self) -> list[int] | None:
-        """[h, w] of a static ONNX export (it answers only at that size); None when any size works."""
-        prov = self.version.metadata.provenance
-        return list(prov["imgsz"]) if prov.get("format") == "onnx" and not prov.get("dynamic") else None
-
-    def predict(self, images: Sequence[np.ndarray], key: PredictKey) -> list[Results]:
-        """One ``YOLO.predict`` over HxWx3 BGR uint8 ``images`` of one shape; results on the CPU, in order."""
-        kwargs: dict[str, Any] = {}
-        if self.half and self.device.type == "cuda" and self.version.weights_path.suffix != ".onnx":
-            kwargs["quantize"] = 16
-        results = self.yolo.predict(
-            list(images),
-            conf=key.conf,
-            iou=key.iou,
-            max_det=key.max_det,
-            classes=list(key.classes) if key.classes is not None else None,
-            imgsz=key.imgsz,
-            device=str(self.device),
-            verbose=False,
-            **kwargs,
-        )
-        return [r.cpu() for r in results]
-
-
-@dataclass(frozen=True)
-class PredictKey:
-    """What must be equal for requests to share one ``predict`` call."""
-
-    model: ServedDetector
-    shape: tuple[int, int]
-    conf: float
-    iou: float
-    max_det: int
-    classes: tuple[int, ...] | None
-    imgsz: int
 
 
 @dataclass(frozen=True)
@@ -120,15 +75,6 @@ class Detection:
     image_width: int
     image_height: int
     answered: Answered
-
-
-def load_for_serving(version: ModelVersion, device: torch.device, half: bool) -> ServedDetector:
-    """Load ``version`` and warm it up (predictor set-up, first-call allocations) before it serves."""
-    served = ServedDetector(version, load_yolo(version), device, half)
-    size = served.fixed_imgsz or [version.metadata.input_size] * 2
-    blank = np.zeros((size[0], size[1], 3), dtype=np.uint8)
-    served.predict([blank], PredictKey(served, (size[0], size[1]), 0.25, 0.45, 300, None, max(size)))
-    return served
 
 
 def boxes_of(result: Results, names: list[str]) -> list[Box]:
@@ -184,9 +130,28 @@ class DetectorEngine(ServingEngine[ServedDetector, np.ndarray, "Results"]):
         self.max_annotated_side = annotated_side_limit(
             settings.max_annotated_side, settings.max_message_bytes, settings.max_det
         )
+        self.runtime = dataclasses.replace(
+            RuntimeOptions.resolve(
+                settings.runtime,
+                self.device,
+                settings.precision,
+                settings.runtime_cache_dir,
+                settings.parity_score_tolerance,
+            ),
+            # Ultralytics sets torch's threads to cores - 1 with each new predictor: not read from torch.
+            threads=settings.torch_threads or cpu_cores(),
+        )
+        self.parity_bounds = ParityBounds(settings.parity_box_tolerance_px, settings.parity_score_tolerance)
 
     def load(self, version: ModelVersion) -> ServedDetector:
-        return load_for_serving(version, self.device, self.settings.half)
+        return load_for_serving(
+            version,
+            self.device,
+            self.settings.half,
+            self.runtime,
+            self.parity_bounds,
+            self.settings.openvino_streams,
+        )
 
     def run_batch(self, key: Hashable, items: Sequence[np.ndarray]) -> list[Results]:
         assert isinstance(key, PredictKey)

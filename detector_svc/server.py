@@ -9,6 +9,7 @@ from detector_svc.config import DetectorSettings
 from detector_svc.fetch import ensure_default_detector, has_detection_model
 from detector_svc.model import DetectorEngine
 from detector_svc.offline import make_ultralytics_offline
+from detector_svc.oip import oip_service
 from detector_svc.servicer import DetectorServicer
 from vision.models.store import ModelStore
 from vision.rpc.server import GrpcServer
@@ -41,4 +42,7 @@ def create_detector_server(settings: DetectorSettings) -> tuple[GrpcServer, Dete
             ).start()
 
     servicer = DetectorServicer(engine)
-    return start_model_service(SPEC, settings, engine, servicer, before_load=fetch_if_missing), engine
+    server = start_model_service(
+        SPEC, settings, engine, servicer, before_load=fetch_if_missing, extra_services=[oip_service(engine)]
+    )
+    return server, engine

@@ -17,6 +17,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import ApiError, from_rpc_error
 from gateway.slots import Slots
 from gateway.train.upload import UPLOAD_CHANNEL_OPTIONS
+from vision.oip_pb import grpc_service_pb2_grpc
 from vision.security.tls import TlsSettings, open_aio_channel, open_channel
 from vision.telemetry.tracing import grpc_aio_client_interceptors, traced_channel
 from vision.v1 import (
@@ -41,6 +42,8 @@ class Backends:
     # The long calls to the trainer, capped per gateway (each holds a trainer stream for minutes).
     uploads: Slots = field(default_factory=lambda: Slots(1, "uploads", 1))
     event_streams: Slots = field(default_factory=lambda: Slots(1, "event streams", 1))
+    # Open Inference Protocol: which service serves each model name (learnt from answers, see routers/oip).
+    oip_routes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def connect(cls, settings: GatewaySettings, tls: TlsSettings | None = None) -> Backends:
@@ -113,6 +116,10 @@ class Backends:
     @property
     def detector(self) -> detector_pb2_grpc.DetectorStub:
         return detector_pb2_grpc.DetectorStub(self.channel("detector"))
+
+    def oip(self, service: str) -> grpc_service_pb2_grpc.GRPCInferenceServiceStub:
+        """The Open Inference Protocol on ``service``'s port (classifier or detector)."""
+        return grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel(service))
 
     @property
     def trainer_upload(self) -> grpc.Channel:

@@ -22,7 +22,7 @@ from gateway.backends import Backends
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handlers
 from gateway.limits import BodyLimitsMiddleware
-from gateway.routers import detect, explain, lifecycle, predict, system
+from gateway.routers import detect, explain, lifecycle, oip, predict, system
 from gateway.telemetry import GatewayMetrics, TelemetryMiddleware
 from gateway.train import routes as train
 from vision.security.roles import QuotaSettings
@@ -155,6 +155,7 @@ def create_app(
     app.include_router(detect.router)
     app.include_router(train.router)
     app.include_router(system.router)
+    app.include_router(oip.router)
     app.include_router(lifecycle.router)
 
     # The web client: packaged static files, no CDN.

@@ -236,8 +236,9 @@ def default_runtime_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"vision-runtime-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
-class ClassificationServiceSettings(ModelServiceSettings):
-    """A model service serving stored classifiers (classifier, explain): which runtime runs them."""
+class RuntimeServiceSettings(ModelServiceSettings):
+    """A model service whose models may run converted (classifier, explain, detector): which runtime runs
+    them, at which precision, and where converted models are cached. Each service adds its parity bounds."""
 
     runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
         "auto",
@@ -251,6 +252,11 @@ class ClassificationServiceSettings(ModelServiceSettings):
         default_factory=default_runtime_cache_dir,
         description="Where converted models are cached when the store's version directory is not writable.",
     )
+
+
+class ClassificationServiceSettings(RuntimeServiceSettings):
+    """A model service serving stored classifiers (classifier, explain)."""
+
     parity_tolerance: float = Field(
         1e-3,
         ge=0,

@@ -10,7 +10,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,16 @@ class ServiceSpec:
     add_servicer: Callable[[Any, grpc.Server], None]  # the generated add_<X>Servicer_to_server
 
 
+@dataclass(frozen=True)
+class ExtraService:
+    """Another gRPC service on the same port as the service's own (e.g. the Open Inference Protocol): the
+    same limits, admission, interceptors and health; reflection lists it."""
+
+    grpc_service: str  # full name: health and reflection
+    add: Callable[[grpc.Server], None]
+    on_started: Callable[[GrpcServer], None] | None = None  # once the server exists (e.g. to read its health)
+
+
 def start_model_service(
     spec: ServiceSpec,
     settings: ModelServiceSettings,
@@ -43,17 +53,22 @@ def start_model_service(
     servicer: Any,
     *,
     before_load: Callable[[], None] | None = None,
+    extra_services: Sequence[ExtraService] = (),
 ) -> GrpcServer:
     """Listen at once (health NOT_SERVING), load and warm up what the store holds, then report SERVING.
 
     SERVING means the server can answer: a model that failed to load is reported per model (ModelCatalog's
     ``load_error``, the gateway's ``GET /models``), not by the whole service going unhealthy. ``before_load``
     runs after the port is bound and before the models load (e.g. start a background first-run download).
+    ``extra_services`` are served on the same port and reported SERVING with the service's own.
     """
 
     def register(server: grpc.Server) -> tuple[str, ...]:
         spec.add_servicer(servicer, server)
-        return (spec.grpc_service, add_model_catalog(server, engine.registry))
+        for extra in extra_services:
+            extra.add(server)
+        names = (spec.grpc_service, add_model_catalog(server, engine.registry))
+        return (*names, *(extra.grpc_service for extra in extra_services))
 
     grpc_server = create_server(
         settings.address,
@@ -69,6 +84,9 @@ def start_model_service(
         max_connection_age_s=settings.max_connection_age_s,
         max_connection_age_grace_s=settings.max_connection_age_grace_s,
     )
+    for extra in extra_services:
+        if extra.on_started is not None:
+            extra.on_started(grpc_server)
     log.info(
         "%s listening on %s:%d (%s, device %s)",
         spec.name,

@@ -1,0 +1,1 @@
+"""Generated from protos/inference by `make proto`. Do not edit."""
