@@ -105,9 +105,9 @@ class Backends:
     def classifier(self) -> classifier_pb2_grpc.ClassifierStub:
         return classifier_pb2_grpc.ClassifierStub(self.channel("classifier"))
 
-    @property
-    def classifier_models(self) -> models_pb2_grpc.ModelCatalogStub:
-        return models_pb2_grpc.ModelCatalogStub(self.channel("classifier"))
+    def catalog(self, service: str) -> models_pb2_grpc.ModelCatalogStub:
+        """``service``'s ModelCatalog: the stored models as that service sees them (loaded, runtime)."""
+        return models_pb2_grpc.ModelCatalogStub(self.channel(service))
 
     @property
     def explainer(self) -> explainer_pb2_grpc.ExplainerStub:

@@ -153,3 +153,34 @@ def test_without_detector_svc_detect_answers_503_not_deployed() -> None:
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "not_deployed"
     assert "VISION_GATEWAY_DETECTOR_ADDR" in reply.json()["error"]["message"]
+
+
+def test_models_lists_detection_models_as_the_detector_serves_them(
+    checkpoint: Path, tmp_path: Path, bus_jpeg: bytes
+) -> None:
+    from tests.conftest import publish_random_model, start_classifier
+
+    store = ModelStore(tmp_path / "models")
+    publish_random_model(store)
+    import_yolo_checkpoint(store, checkpoint, "yolo11n")
+    classifier, classifier_engine = start_classifier(store)
+    detector, detector_engine = start_detector(store)
+    addresses = {
+        "classifier_addr": f"127.0.0.1:{classifier.port}",
+        "detector_addr": f"127.0.0.1:{detector.port}",
+    }
+    try:
+        with live_gateway(**addresses) as gw, httpx.Client(base_url=gw.url, timeout=60) as http:
+            assert http.post("/detect", files=upload()).status_code == 200
+            listed = {m["name"]: m for m in http.get("/models").json()["models"]}
+            # The classifier never loads a detection model: the detector's own view is the one shown.
+            assert listed["yolo11n"]["task"] == "detection" and listed["yolo11n"]["loaded"] is True
+            assert listed["yolo11n"]["runtime"] == "torch"  # what tests/conftest.py asks the detector for
+            assert listed["resnet18"]["task"] == "classification" and listed["resnet18"]["loaded"] is True
+            only = http.get("/models", params={"task": "detection"}).json()["models"]
+            assert [m["name"] for m in only] == ["yolo11n"] and only[0]["loaded"] is True
+    finally:
+        detector.stop(0).wait()
+        detector_engine.close()
+        classifier.stop(0).wait()
+        classifier_engine.close()  # type: ignore[attr-defined]
