@@ -1,5 +1,6 @@
 """The `vision` command: `vision run`, `vision models import|list|fetch-pretrained`, the model lifecycle
-(`vision models pin|unpin|rollback|delete|set-default|unset-default`), `vision keys create|list|revoke`, plus
+(`vision models pin|unpin|rollback|delete|set-default|unset-default`), `vision keys create|list|revoke`, batch
+inference and evaluation (`vision classify|detect|explain|evaluate`, vision/batch/commands.py), plus
 what the installed services contribute through entry points (`vision.plugins`): `vision train`, `vision
 food101`, ..."""
 
@@ -10,6 +11,7 @@ import getpass
 import sys
 from pathlib import Path
 
+from vision.batch.commands import add_commands as add_batch_commands
 from vision.choices import ARCHITECTURES, PRETRAINED_ARCHITECTURES
 from vision.errors import VisionError
 from vision.models.admin import ModelAdmin, ModelState
@@ -267,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_models_commands(sub, store_dir)
     _add_keys_commands(sub)
+    add_batch_commands(sub, store_dir)
     for plugin in load_group(COMMANDS_GROUP):  # argument definitions only: torch loads when one runs
         plugin.value(sub, store_dir)
     return parser

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +33,9 @@ from vision.client.settings import ClientSettings
 from vision.client.stubs import METHODS, Stubs, catalog_of, watch_request
 from vision.security.tls import TlsSettings
 from vision.v1 import trainer_pb2
+
+if TYPE_CHECKING:
+    from vision.evaluation.folder import FolderReport
 
 R = TypeVar("R")
 
@@ -350,6 +354,25 @@ class VisionClient:
         self, images: Iterable[Image], *, concurrency: int | None = None, **options: Any
     ) -> Iterator[Outcome]:
         return thread_map(lambda image: self.detect(image, **options), images, self._limit(concurrency))
+
+    def evaluate(
+        self,
+        folder: str | Path,
+        *,
+        model: str = "",
+        version: str = "",
+        concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> FolderReport:
+        """Score the model on the ImageFolder ``folder`` (``<class>/<image>``, folders named after the
+        model's classes): top-1 / top-5 accuracy, per-class precision, recall, F1, the confusion matrix,
+        the misclassified files (`vision.client.evaluation`); charts need matplotlib: `FolderReport.write`."""
+        from vision.client.evaluation import evaluate_folder_with
+
+        return evaluate_folder_with(
+            self, Path(folder), model=model, version=version, concurrency=self._limit(concurrency),
+            timeout=timeout,
+        )  # fmt: skip
 
 
 class _Recorded:
