@@ -16,8 +16,12 @@ DEFAULT_ALPHA = 0.5
 
 
 def heatmap_png(heatmap: torch.Tensor) -> bytes:
-    """8-bit grayscale PNG of a [0, 1] heatmap (H, W): pixel value = round(255 * h)."""
-    return encode_png(torch.round(heatmap.clamp(0, 1) * 255).to(torch.uint8).numpy())
+    """8-bit grayscale PNG of a [0, 1] heatmap (H, W): pixel value = round(255 * h) (half to even).
+
+    numpy, not torch ops: this runs in request threads, where torch's intra-op pool would make many threads
+    wait on each other while the model runs (see `vision.image.preprocess`); the values are the same."""
+    levels = np.round(np.clip(heatmap.numpy(), 0, 1) * np.float32(255))
+    return encode_png(levels.astype(np.uint8))
 
 
 def check_style(colormap: str, alpha: float) -> None:

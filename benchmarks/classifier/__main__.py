@@ -214,7 +214,8 @@ def bare_rows(args: argparse.Namespace, model: LoadedClassifier, images: list[by
     cores = cpu_cores()
     label_pn = f"decode+preprocess only (no model), {cores} threads (one per core: the GIL is released)"
     pn_calls = [lambda i=i: decode_calls(model, images, i) for i in range(cores)]
-    results.append(show(run_load("PN", label_pn, pn_calls, batch="-", **p_common)))
+    pids = {"bench (decode threads)": os.getpid()}  # its own threads: not "other load"
+    results.append(show(run_load("PN", label_pn, pn_calls, batch="-", pids=pids, **p_common)))
     label_c = "bare decode+preprocess+forward, batch 1, 1 thread"
     results.append(show(run_loop("C", label_c, full_one, batch="1", **common)))
     return results
