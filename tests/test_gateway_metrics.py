@@ -89,7 +89,9 @@ def test_requests_refusals_and_upstream_errors_are_counted(stack: Stack, bus_jpe
     assert value(gateway, "vision_gateway_auth_rejections_total", reason="unauthenticated") == 2
     assert value(gateway, "vision_gateway_auth_rejections_total", reason="forbidden") == 1
     assert value(gateway, "vision_gateway_rate_limited_total") == 1
-    assert value(gateway, "vision_gateway_upstream_errors_total", service="detector", code="UNAVAILABLE") == 1
+    # The unreachable detector was called twice: by POST /detect (503) and by the first GET /models, which
+    # asks the detector for its detection models and, failing, answers with the classifier's list alone.
+    assert value(gateway, "vision_gateway_upstream_errors_total", service="detector", code="UNAVAILABLE") == 2
     assert value(gateway, "vision_gateway_upstream_errors_total", service="classifier") == 1  # the empty file
     assert value(gateway, "vision_gateway_in_flight_requests") == 0
     assert any(dict(labels).get("route") == "unmatched" for _, labels in gateway)
