@@ -33,22 +33,16 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from vision.errors import (
-    InvalidArgument,
     InvalidCheckpoint,
     ModelNotFound,
     NoModelAvailable,
@@ -57,15 +51,35 @@ from vision.errors import (
 )
 from vision.models.durable import fsync_dir, fsync_tree, write_synced
 from vision.models.lifecycle import LifecycleFiles
+from vision.models.metadata import (
+    METADATA_FILE,
+    MODEL_NAME_PATTERN,
+    VERSION_PATTERN,
+    WEIGHTS_FILE,
+    ModelMetadata,
+    ModelVersion,
+    is_model_name,
+    sha256_file,
+    validate_model_name,
+    validate_version,
+)
+
+__all__ = [  # the metadata types and name checks are re-exported: callers import them from the store
+    "METADATA_FILE",
+    "MODEL_NAME_PATTERN",
+    "VERSION_PATTERN",
+    "WEIGHTS_FILE",
+    "ModelMetadata",
+    "ModelStore",
+    "ModelVersion",
+    "PublishFailed",
+    "sha256_file",
+    "validate_model_name",
+    "validate_version",
+    "verify_weights",
+]
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = "metadata.json"
-WEIGHTS_FILE = "model.safetensors"
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # and no '..'
-_NAME_RE = re.compile(MODEL_NAME_PATTERN)
-VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
-_VERSION_RE = re.compile(VERSION_PATTERN)
 
 HOLDS_DIR = ".holds"
 HOLD_TTL_S = 15 * 60.0  # a hold not renewed for this long (its holder died) protects nothing
@@ -78,14 +92,6 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 class PublishFailed(VisionError):
     """The store could not take a new version (permissions, I/O error, endless contention)."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_weights(version: ModelVersion) -> None:
@@ -108,78 +114,6 @@ def default_keep_versions() -> int:
     from vision.settings import StoreSettings
 
     return StoreSettings().keep_versions
-
-
-def validate_model_name(name: str) -> str:
-    """Model names become directory names: lowercase letters, digits, '.', '_', '-', at most 64."""
-    if not _NAME_RE.match(name) or ".." in name:
-        raise InvalidArgument(
-            f"invalid model name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def validate_version(version: str) -> str:
-    """A version as a request names it: a positive integer without leading zeros, at most 18 digits."""
-    if not _VERSION_RE.match(version):
-        raise InvalidArgument(f"invalid version {version!r}: a version is a number such as 3")
-    return version
-
-
-@dataclass
-class ModelMetadata:
-    """What a version is and how to feed it. Serialised as metadata.json."""
-
-    architecture: str
-    class_names: list[str]
-    task: str = "classification"
-    head: str = "linear"
-    input_size: int = 224
-    resize_size: int = 256
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    metrics: dict[str, float] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    weights_file: str = WEIGHTS_FILE
-    weights_sha256: str = ""
-    created_at: str = ""
-    name: str = ""
-    version: str = ""
-    format_version: int = 1
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["num_classes"] = self.num_classes
-        return json.dumps(data, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelMetadata:
-        data = json.loads(text)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One stored version of a model."""
-
-    name: str
-    version: str
-    path: Path
-    metadata: ModelMetadata
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.name, self.version)
-
-    @property
-    def weights_path(self) -> Path:
-        return self.path / self.metadata.weights_file
 
 
 class ModelStore:
@@ -220,12 +154,12 @@ class ModelStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_model_name(p.name))
 
     def versions(self, name: str) -> list[str]:
         """Complete versions of ``name``, oldest first."""
         model_dir = self.root / name
-        if not _NAME_RE.match(name) or not model_dir.is_dir():
+        if not is_model_name(name) or not model_dir.is_dir():
             return []
         found = [p.name for p in model_dir.iterdir() if p.name.isdigit() and (p / METADATA_FILE).is_file()]
         return sorted(found, key=int)
@@ -361,7 +295,7 @@ class ModelStore:
         held ones; also clears leftovers of crashed publishers and expired holds. Returns the deleted."""
         keep = self.keep_versions if keep is None else keep
         model_dir = self.root / name
-        if not _NAME_RE.match(name) or not model_dir.is_dir():
+        if not is_model_name(name) or not model_dir.is_dir():
             return []
         self._remove_leftovers(model_dir)
         self._remove_expired_holds()
