@@ -36,6 +36,8 @@ def test_batched_decoding_answers_as_pillow_does_and_refuses_bad_images_one_by_o
     for mode in ("pillow", "batched"):
         server, engine = start_classifier(store, decode=mode, max_batch_delay_ms=50)
         assert engine.batched_decode == (mode == "batched")  # type: ignore[attr-defined]
+        loaded = engine.registry.get("", "")[2]  # type: ignore[attr-defined]
+        assert (loaded.decoder is not None) == (mode == "batched")  # the path under test is the one served
         try:
             with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = classifier_pb2_grpc.ClassifierStub(channel)
@@ -58,6 +60,9 @@ def test_batched_decoding_answers_as_pillow_does_and_refuses_bad_images_one_by_o
             server.stop(0).wait()
             engine.close()  # type: ignore[attr-defined]
     assert np.abs(answers["pillow"] - answers["batched"]).max() <= 1e-4
+    # The JPEGs were decoded and resized another way (tensor resize: up to one level apart); the PNG not.
+    assert not np.array_equal(answers["pillow"][:2], answers["batched"][:2])
+    assert np.array_equal(answers["pillow"][2], answers["batched"][2])
     assert (answers["pillow"].argmax(1) == answers["batched"].argmax(1)).all()
 
 
