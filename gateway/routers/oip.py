@@ -150,10 +150,16 @@ async def _infer(backends: Backends, request: Request, name: str, version: str) 
     if request.headers.get("content-encoding", "identity") != "identity":
         raise InvalidArgument("compressed request bodies are not accepted; send the body uncompressed")
     body = await request.body()
-    header, binary = rest.split_body(body, request.headers.get(rest.HEADER_LENGTH))
-    grpc_request, fmt = rest.infer_request(
-        header, binary, name, version, max_elements=backends.settings.max_message_bytes
-    )
+    header_length = request.headers.get(rest.HEADER_LENGTH)
+    max_elements = backends.settings.max_message_bytes
+
+    def convert() -> tuple[pb.ModelInferRequest, rest.OutputFormat]:
+        header, binary = rest.split_body(body, header_length)
+        return rest.infer_request(header, binary, name, version, max_elements=max_elements)
+
+    # A large JSON body takes a second or more to parse and convert: off the event loop, so the gateway's
+    # other requests (health checks included) are not held up by it.
+    grpc_request, fmt = await asyncio.to_thread(convert)
     _, reply = await _routed(
         backends, name, lambda s: _call(backends, backends.oip(s).ModelInfer, grpc_request)
     )

@@ -92,8 +92,9 @@ class RegistryBackend:
         versions = store.versions(name)
         if not versions:
             store.get(name)  # raises ModelNotFound naming what the store holds
-        if store.get(name, versions[-1]).metadata.task != self.task:
-            raise ModelNotFound(f"model {name!r} is not a {self.task} model")
+        task = store.get(name, versions[-1]).metadata.task
+        if task != self.task:
+            raise ModelNotFound(f"model {name!r} is a {task} model, not {self.task}")
         return versions
 
     def resolve(self, name: str, version: str) -> str:

@@ -65,7 +65,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     """The JSON object and the binary data after it (``header_length``: the header's value, if sent)."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+        digits = header_length.isascii() and header_length.isdigit() and len(header_length) <= 19
+        if not digits or not 0 < int(header_length) <= len(body):
             raise InvalidArgument(
                 f"{HEADER_LENGTH} must be the JSON's size in bytes, 1 to {len(body)}, got {header_length!r}"
             )
@@ -74,6 +75,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         header = json.loads(body[:size])
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidArgument(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("the request's JSON is nested too deeply") from None
     return _object(header, "the request"), body[size:]
 
 
@@ -124,6 +127,15 @@ def infer_request(
     header: dict[str, Any], binary: bytes, model_name: str, model_version: str, max_elements: int
 ) -> tuple[pb.ModelInferRequest, OutputFormat]:
     """The gRPC request for a REST inference request, and how its outputs are to be sent back."""
+    try:
+        return _infer_request(header, binary, model_name, model_version, max_elements)
+    except UnicodeEncodeError:  # JSON may carry lone surrogates ("\ud800"): no UTF-8 string holds them
+        raise InvalidArgument("a string in the request holds an unpaired UTF-16 surrogate") from None
+
+
+def _infer_request(
+    header: dict[str, Any], binary: bytes, model_name: str, model_version: str, max_elements: int
+) -> tuple[pb.ModelInferRequest, OutputFormat]:
     inputs = header.get("inputs")
     if not isinstance(inputs, list):
         raise InvalidArgument("the request needs an 'inputs' list")
@@ -146,7 +158,10 @@ def infer_request(
         raise InvalidArgument(f"{len(binary) - offset} bytes of binary data after the inputs belong to none")
     binary_outputs: set[str] = set()
     json_outputs: set[str] = set()
-    for item in header.get("outputs") or []:
+    outputs = header.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise InvalidArgument("outputs must be a list of {name, parameters} objects")
+    for item in outputs:
         item = _object(item, "each output")
         name = item.get("name")
         if not isinstance(name, str):

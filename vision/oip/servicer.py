@@ -60,7 +60,11 @@ def parameter_message(value: ParameterValue) -> pb.InferParameter:
     if isinstance(value, bool):
         return pb.InferParameter(bool_param=value)
     if isinstance(value, int):
-        return pb.InferParameter(int64_param=value)
+        if -(2**63) <= value < 2**63:
+            return pb.InferParameter(int64_param=value)
+        if 0 <= value < 2**64:
+            return pb.InferParameter(uint64_param=value)
+        raise InvalidArgument(f"the integer parameter {value} is outside the 64-bit range")
     if isinstance(value, float):
         return pb.InferParameter(double_param=value)
     return pb.InferParameter(string_param=str(value))
@@ -210,6 +214,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> pb.ModelInferResponse:
+        self._backend.versions(request.model_name)  # NOT_FOUND first: the gateway then asks another service
         params = parameters_of(request.parameters)
         unknown = sorted(set(params) - self._parameters - IGNORED_PARAMETERS)
         if unknown:

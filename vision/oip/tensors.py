@@ -71,7 +71,8 @@ def check_shape(name: str, shape: Sequence[int], max_elements: int) -> tuple[int
     dims = tuple(int(d) for d in shape)
     if any(d < 0 for d in dims):
         raise InvalidArgument(f"input {name!r}: shape {list(dims)} has a negative dimension")
-    count = math.prod(dims)
+    # Zero-sized dimensions count as 1: a shape like [0, 2**62] holds no element but cannot be allocated.
+    count = math.prod(max(d, 1) for d in dims)
     if count > max_elements:
         raise InvalidArgument(
             f"input {name!r}: shape {list(dims)} has {count} elements, more than the {max_elements} accepted"
