@@ -31,8 +31,9 @@ from gateway.main import create_app
 from tests.conftest import LiveServer, encode, publish_random_model, start_classifier
 from tests.support.trainer import running_trainer, trainer_settings
 from vision.cli import main as vision_cli
+from vision.errors import InvalidArgument
 from vision.models.admin import ModelAdmin
-from vision.models.lifecycle import DEFAULTS_FILE, LIFECYCLE_DIR
+from vision.models.lifecycle import DEFAULTS_FILE, LIFECYCLE_DIR, LifecycleDamaged
 from vision.models.store import ModelStore
 from vision.security.keys import create_key
 from vision.security.principal import PRINCIPAL_KEY, ROLE_KEY
@@ -404,18 +405,38 @@ def test_a_pinned_version_is_never_pruned(tmp_path: Path) -> None:
 
 
 @pytest.mark.fast
-def test_a_damaged_lifecycle_file_reads_as_nothing_pinned_and_is_replaced_by_the_next_change(
+def test_a_damaged_lifecycle_file_reads_as_nothing_pinned_but_no_change_or_publish_overwrites_it(
     tmp_path: Path,
 ) -> None:
     store = ModelStore(tmp_path / "models")
-    for seed in range(2):
+    for seed in range(3):
         publish_random_model(store, MODEL, "smallcnn", CLASSES, seed=seed)
-    (store.root / LIFECYCLE_DIR).mkdir()
-    (store.root / LIFECYCLE_DIR / f"{MODEL}.json").write_text("{not json")
+    ModelAdmin(store).delete(MODEL, "3")  # its number must stay taken
+    record = store.root / LIFECYCLE_DIR / f"{MODEL}.json"
     (store.root / LIFECYCLE_DIR / DEFAULTS_FILE).write_text("[1, 2]")
-    assert store.served_version(MODEL) == "2" and store.lifecycle.defaults() == {}
-    state = ModelAdmin(store).rollback(MODEL)
-    assert (state.pinned, state.served) == ("1", "1")
+    for damage in ("{not json", '{"deleted": null}', '{"deleted": 5}', "[1, 2]"):
+        record.write_text(damage)
+        # The services read on: nothing pinned, the newest served.
+        assert store.served_version(MODEL) == "2" and store.lifecycle.defaults() == {}
+        assert store.lifecycle.deleted(MODEL) == []
+        # Writers refuse rather than forget which numbers were deleted (and then give 3 out again).
+        with pytest.raises(LifecycleDamaged, match="is damaged"):
+            ModelAdmin(store).rollback(MODEL)
+        with pytest.raises(LifecycleDamaged):
+            publish_random_model(store, MODEL, "smallcnn", CLASSES, seed=9)
+        assert record.read_text() == damage and store.versions(MODEL) == ["1", "2"]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("name", ["x\n", "../x", "a..b", ".hidden", "A"])
+def test_names_that_could_leave_or_hide_in_the_store_are_refused(tmp_path: Path, name: str) -> None:
+    store = ModelStore(tmp_path / "models")
+    publish_random_model(store, MODEL, "smallcnn", CLASSES)
+    for operation in (lambda: ModelAdmin(store).pin(name, "1"), lambda: ModelAdmin(store).delete(name, "1")):
+        with pytest.raises(InvalidArgument):
+            operation()
+    with pytest.raises(InvalidArgument):
+        ModelAdmin(store).pin(MODEL, "1\n")
 
 
 @pytest.mark.fast

@@ -192,3 +192,14 @@ def test_the_job_database_holds_plain_json_not_protobuf(tmp_path: Path) -> None:
     assert TrainConfig.from_dict(json.loads(stored_config)) == config
     assert json.loads(progress)["step"] == 3
     assert json.loads(details) == {"epoch": 1, "step": 3, "train_loss": 0.5}
+
+
+def test_food101_is_refused_where_jobs_are_limited_to_fewer_classes() -> None:
+    from trainer_svc.training.config import FOOD101_CLASSES
+
+    config = TrainConfig(
+        model_name="food", dataset="food101", architecture="smallcnn", pretrained=False, freeze_backbone=False
+    )
+    assert config.validate(max_classes=FOOD101_CLASSES) is config
+    with pytest.raises(InvalidArgument, match="Food-101 has 101 classes"):
+        config.validate(max_classes=50)

@@ -24,6 +24,7 @@ DATASET_KINDS = ("upload", "image_folder", "food101")
 MAX_EPOCHS = 1000
 MAX_CLASSES = DEFAULT_MAX_CLASSES
 MAX_FILE_NAME_CHARS = 255
+FOOD101_CLASSES = 101  # the official meta/classes.txt
 FOOD101_HANDLE = "dansbecker/food-101"  # kagglehub dataset handle
 MAX_NPROC_PER_NODE = 64
 MAX_NNODES = 64
@@ -117,6 +118,11 @@ class TrainConfig:
             )
         if self.dataset == "upload":
             validate_class_names(self.class_names, max_classes)
+        if self.dataset == "food101" and max_classes < FOOD101_CLASSES:
+            raise InvalidArgument(
+                f"Food-101 has {FOOD101_CLASSES} classes, more than this trainer's limit of {max_classes} "
+                "classes per job"
+            )
         return self
 
 

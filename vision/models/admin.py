@@ -82,7 +82,7 @@ class ModelAdmin:
         """Serve ``version`` to requests naming no version, in every service, until `unpin`."""
         with self.files.locked():
             self._existing(name, version)
-            record = self.files.model(name)
+            record = self.files.model(name, strict=True)
             record.update(pinned=version, pinned_by=by, pinned_at=now_iso())
             self.files.write_model(name, record)
         log.info("%s pinned model %r to version %s", by or "an admin", name, version)
@@ -92,7 +92,7 @@ class ModelAdmin:
         """Serve the newest version again (a no-op when nothing is pinned)."""
         with self.files.locked():
             self.state(name)
-            record = self.files.model(name)
+            record = self.files.model(name, strict=True)
             if record.pop("pinned", None) is not None:
                 record.update(unpinned_by=by, unpinned_at=now_iso())
                 record.pop("pinned_by", None)
@@ -111,7 +111,7 @@ class ModelAdmin:
                     f"model {name!r} serves version {state.served}, its oldest: there is no version to roll "
                     "back to"
                 )
-            record = self.files.model(name)
+            record = self.files.model(name, strict=True)
             record.update(pinned=older[-1], pinned_by=by, pinned_at=now_iso())
             self.files.write_model(name, record)
         log.info("%s rolled model %r back to version %s", by or "an admin", name, older[-1])
@@ -132,8 +132,8 @@ class ModelAdmin:
                 raise LastVersion(
                     f"version {version} is the only version of model {name!r}: a model keeps at least one"
                 )
-            record = self.files.model(name)
-            record["deleted"] = sorted({*self.files.deleted(name), version}, key=int)
+            record = self.files.model(name, strict=True)
+            record["deleted"] = sorted({*self.files.deleted(name, strict=True), version}, key=int)
             record.update(deleted_by=by, deleted_at=now_iso())
             self.files.write_model(name, record)  # first: the number stays taken (`delete_version`)
             self.store.delete_version(name, version)

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vision.errors import Conflict
 from vision.models.durable import replace_durably
 
 log = logging.getLogger(__name__)
@@ -41,26 +42,39 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class LifecycleDamaged(Conflict):
+    """A model's lifecycle file cannot be read: changing or publishing the model would lose its record."""
+
+
 class LifecycleFiles:
     """Reads and writes the lifecycle files of the store at ``store_root`` (callers validate names)."""
 
     def __init__(self, store_root: Path | str) -> None:
         self.dir = Path(store_root) / LIFECYCLE_DIR
 
-    # -- reads (any process; a missing or damaged file is empty) -----------------------------------------
-    def _read(self, path: Path) -> dict[str, Any]:
+    # -- reads (any process; a missing file is empty; a damaged one is empty for the services' reads, and
+    # refused for writers and publishers: its deleted numbers must not be forgotten and then reused) ------
+    def _read(self, path: Path, strict: bool = False) -> dict[str, Any]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("deleted", []), list):
+                raise ValueError("not a JSON object with a list of deleted versions")
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
+            if strict:
+                raise LifecycleDamaged(
+                    f"the model lifecycle file {path} is damaged ({exc}): restore it (or delete it, which "
+                    "forgets the pin and which version numbers were deleted) before changing this model"
+                ) from exc
             log.warning("ignoring the damaged model lifecycle file %s: %s", path, exc)
             return {}
-        return data if isinstance(data, dict) else {}
+        return data
 
-    def model(self, name: str) -> dict[str, Any]:
-        """The state recorded for ``name``: ``pinned`` (a version, or absent), ``deleted`` (versions)."""
-        return self._read(self.dir / f"{name}.json")
+    def model(self, name: str, strict: bool = False) -> dict[str, Any]:
+        """The state recorded for ``name``: ``pinned`` (a version, or absent), ``deleted`` (versions).
+        ``strict``: a damaged file raises `LifecycleDamaged` instead of reading as empty."""
+        return self._read(self.dir / f"{name}.json", strict)
 
     def pinned(self, name: str) -> str:
         """The pinned version of ``name``; '' when none."""
@@ -75,9 +89,10 @@ class LifecycleFiles:
                     found[path.stem] = str(version)
         return found
 
-    def deleted(self, name: str) -> list[str]:
+    def deleted(self, name: str, strict: bool = False) -> list[str]:
         """Versions of ``name`` deleted by `vision models delete`: their numbers are never reused."""
-        return [str(v) for v in self.model(name).get("deleted", []) if str(v).isdigit()]
+        found = [str(v) for v in self.model(name, strict).get("deleted", []) if isinstance(v, str | int)]
+        return [v for v in found if v.isascii() and v.isdigit()]
 
     def defaults(self) -> dict[str, str]:
         """{task: default model name} as set with `vision models set-default`."""

@@ -33,7 +33,7 @@ def sha256_file(path: Path) -> str:
 
 def is_model_name(name: str) -> bool:
     """Whether ``name`` may name a model (see `validate_model_name`)."""
-    return bool(_NAME_RE.match(name)) and ".." not in name
+    return bool(_NAME_RE.fullmatch(name)) and ".." not in name
 
 
 def validate_model_name(name: str) -> str:
@@ -48,7 +48,7 @@ def validate_model_name(name: str) -> str:
 
 def validate_version(version: str) -> str:
     """A version as a request names it: a positive integer without leading zeros, at most 18 digits."""
-    if not _VERSION_RE.match(version):
+    if not _VERSION_RE.fullmatch(version):
         raise InvalidArgument(f"invalid version {version!r}: a version is a number such as 3")
     return version
 

@@ -271,7 +271,7 @@ class ModelStore:
         model_dir = self.root / name
         for _ in range(MAX_PUBLISH_ATTEMPTS):
             existing = self.versions(name) + [p.name for p in model_dir.iterdir() if p.name.isdigit()]
-            existing += self.lifecycle.deleted(name)  # read after the listing: see `delete_version`
+            existing += self.lifecycle.deleted(name, strict=True)  # after the listing: see `delete_version`
             metadata.version = str(max((int(v) for v in existing), default=0) + 1)
             write_synced(tmp / METADATA_FILE, metadata.to_json().encode())
             fsync_dir(tmp)
@@ -301,10 +301,11 @@ class ModelStore:
         self._remove_expired_holds()
         if keep <= 0:
             return []
-        versions = self.versions(name)
-        kept = self.held_versions(name) | {self.lifecycle.pinned(name)}
-        doomed = [v for v in versions[:-keep] if v not in kept]
-        removed = self._remove_versions(name, doomed)
+        with self.lifecycle.locked():  # no pin may land between reading the pinned version and removing
+            versions = self.versions(name)
+            kept = self.held_versions(name) | {self.lifecycle.pinned(name)}
+            doomed = [v for v in versions[:-keep] if v not in kept]
+            removed = self._remove_versions(name, doomed)
         if removed:
             log.info(
                 "pruned model %r versions %s (keeping the newest %d, the pinned and held ones)",

@@ -156,7 +156,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def validate_key_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid key name {name!r}: 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter "
             "or digit"
@@ -243,7 +243,7 @@ class KeyRing:
             with self._lock:
                 if time.monotonic() - self._checked >= self.reload_s:
                     self._reload()
-        if not KEY_RE.match(secret):
+        if not KEY_RE.fullmatch(secret):
             return None
         digest = hash_key(secret)
         found = self._by_hash.get(digest)
