@@ -18,6 +18,7 @@ import torch
 from explain_svc.cam import METHODS, explain_batch
 from tests.conftest import publish_random_model
 from vision.image.decode import decode_image
+from vision.image.preprocess import Preprocessing
 from vision.models.derived import (
     DERIVED_DIR,
     STALE_BUILD_S,
@@ -29,7 +30,15 @@ from vision.models.export import ONNX_FILE, OPENVINO_FILES
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving
 from vision.serving.registry import estimated_size, resident_size
-from vision.serving.runtimes import LOW_PRECISION_BOUNDS, RuntimeOptions, available_fast_runtime
+from vision.serving.runtimes import (
+    LOW_PRECISION_BOUNDS,
+    RuntimeOptions,
+    available_fast_runtime,
+    compare,
+    native_bf16,
+    parity_batch,
+    parity_photos,
+)
 
 CPU = torch.device("cpu")
 
@@ -180,6 +189,43 @@ def test_auto_is_the_fast_runtime_on_the_cpu_and_torch_on_cuda(tmp_path: Path) -
     assert RuntimeOptions.resolve("auto", torch.device("cuda:0"), "fp32", tmp_path, 1e-3).runtime == "torch"
     with pytest.raises(ValueError, match="runs on the CPU"):
         RuntimeOptions.resolve("openvino", torch.device("cuda:0"), "fp32", tmp_path, 1e-3)
+
+
+def test_auto_precision_is_bf16_only_for_classifiers_on_openvino_where_the_cpu_computes_bf16(
+    tmp_path: Path,
+) -> None:
+    native = "bf16" if native_bf16() else "fp32"
+    classifier = RuntimeOptions.resolve("auto", CPU, "auto", tmp_path, 1e-3, auto_bf16=True)
+    assert (classifier.runtime, classifier.precision) == ("openvino", native)
+    assert classifier.auto_precision == (native == "bf16")  # its probabilities get checked too
+    assert classifier.fp32_instead().precision == "fp32" and not classifier.fp32_instead().auto_precision
+    detector = RuntimeOptions.resolve("auto", CPU, "auto", tmp_path, 1e-3)  # no auto_bf16: detectors
+    onnx = RuntimeOptions.resolve("onnxruntime", CPU, "auto", tmp_path, 1e-3, auto_bf16=True)
+    cuda = RuntimeOptions.resolve("auto", torch.device("cuda:0"), "auto", tmp_path, 1e-3, auto_bf16=True)
+    explicit = RuntimeOptions.resolve("openvino", CPU, "bf16", tmp_path, 1e-3, auto_bf16=True)
+    assert [o.precision for o in (detector, onnx, cuda, explicit)] == ["fp32", "fp32", "fp32", "bf16"]
+    assert not any(o.auto_precision for o in (detector, onnx, cuda, explicit))  # asked for: not retried
+
+
+def test_the_parity_batch_holds_seeded_noise_and_the_real_photos_as_the_model_sees_them() -> None:
+    prep = Preprocessing()
+    batch = parity_batch(224, preprocessing=prep)
+    photos = parity_photos()
+    assert len(photos) == 3 and batch.shape == (3 + len(photos), 3, 224, 224)
+    assert torch.equal(batch[:3], parity_batch(224))
+    for row, photo in zip(batch[3:], photos, strict=True):
+        assert torch.equal(row, prep(photo))
+        assert photo.mode == "RGB" and min(photo.size) >= 224
+
+
+def test_a_probability_bound_fails_a_low_precision_result_that_the_logit_bounds_pass() -> None:
+    logits = torch.tensor([[4.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    features = torch.ones(2, 4, 2, 2)
+    moved = logits + torch.tensor([[0.05, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    loose = compare((logits, features), (moved, features), "bf16", 1e-3)
+    assert loose.failure == "" and loose.max_prob_diff > 2e-3
+    strict = compare((logits, features), (moved, features), "bf16", 1e-3, prob_tolerance=2e-3)
+    assert strict.failure.startswith("max |Δprobability|")
 
 
 def test_a_converted_version_counts_its_runtimes_copy_in_the_memory_budget(

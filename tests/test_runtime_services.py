@@ -25,6 +25,7 @@ from vision.image.preprocess import Preprocessing
 from vision.models.derived import DERIVED_DIR
 from vision.models.store import ModelStore
 from vision.models.weights import load_classifier
+from vision.serving.runtimes import AUTO_PROB_TOLERANCE, native_bf16
 from vision.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -59,14 +60,20 @@ def fast_classifier(store: ModelStore, tmp_path: Path) -> Iterator[int]:
     engine.close()  # type: ignore[attr-defined]
 
 
+def auto_precision() -> str:
+    """What precision=auto serves a seeded resnet18 in here: bf16 where the CPU computes bf16 natively."""
+    return "bf16" if native_bf16() else "fp32"
+
+
 def test_the_default_runtime_is_openvino_reported_per_model_and_answers_as_torch_does(
     fast_classifier: int, store: ModelStore, bus_jpeg: bytes, zidane_jpeg: bytes
 ) -> None:
     info = catalog(fast_classifier)[("resnet18", "1")]
+    precision = auto_precision()
     assert (info.loaded, info.runtime, info.precision, info.runtime_fallback) == (
         True,
         "openvino",
-        "fp32",
+        precision,
         "",
     )
     photos = [bus_jpeg, zidane_jpeg] * 8
@@ -81,12 +88,17 @@ def test_the_default_runtime_is_openvino_reported_per_model_and_answers_as_torch
             )
         )
     assert max(r.timing.batch_size for r in replies) > 1  # concurrent calls still share forward passes
+    # fp32: the same order and probabilities within 1e-5; bf16: each probability within the bound auto
+    # checks (2e-3, the /predict target), and no class left out that torch ranks clearly higher.
+    tolerance = 1e-5 if precision == "fp32" else AUTO_PROB_TOLERANCE
     for photo in (bus_jpeg, zidane_jpeg):
         expected = torch_probabilities(store, photo)
         reply = replies[photos.index(photo)]
-        assert [c.class_id for c in reply.classes] == expected.argsort(descending=True).tolist()
+        if precision == "fp32":
+            assert [c.class_id for c in reply.classes] == expected.argsort(descending=True)[:10].tolist()
         for scored in reply.classes:
-            assert abs(scored.score - float(expected[scored.class_id])) <= 1e-5
+            assert abs(scored.score - float(expected[scored.class_id])) <= tolerance
+        assert min(c.score for c in reply.classes) >= float(expected.topk(10).values[-1]) - 2 * tolerance
 
 
 def test_the_gateways_models_shows_each_loaded_models_runtime_and_precision(fast_classifier: int) -> None:
@@ -96,7 +108,37 @@ def test_the_gateways_models_shows_each_loaded_models_runtime_and_precision(fast
     ):
         body = client.get("/models").json()
     (model,) = body["models"]
-    assert (model["runtime"], model["precision"], model["runtime_fallback"]) == ("openvino", "fp32", "")
+    assert (model["runtime"], model["precision"], model["runtime_fallback"]) == (
+        "openvino",
+        auto_precision(),
+        "",
+    )
+
+
+@pytest.mark.skipif(not native_bf16(), reason="precision auto is fp32 on a CPU without native bf16")
+def test_auto_precision_serves_fp32_where_bf16_moves_probabilities_beyond_its_bound(
+    store: ModelStore, tmp_path: Path, bus_jpeg: bytes
+) -> None:
+    publish_random_model(store)
+    server, engine = start_classifier(
+        store, runtime="auto", auto_prob_tolerance=0.0, runtime_cache_dir=tmp_path
+    )
+    try:
+        info = catalog(server.port)[("resnet18", "1")]
+        assert (info.runtime, info.precision) == ("openvino", "fp32")
+        assert info.runtime_fallback.startswith("precision auto: openvino bf16 failed the parity check")
+        assert "max |Δprobability|" in info.runtime_fallback
+        assert info.runtime_fallback.endswith("fp32 serves this version")
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reply = classifier_pb2_grpc.ClassifierStub(channel).Classify(
+                classifier_pb2.ClassifyRequest(image=bus_jpeg, top_k=5), timeout=30
+            )
+        expected = torch_probabilities(store, bus_jpeg)
+        for scored in reply.classes:  # fp32 again: torch's probabilities within 1e-5
+            assert abs(scored.score - float(expected[scored.class_id])) <= 1e-5
+    finally:
+        server.stop(0).wait()
+        engine.close()  # type: ignore[attr-defined]
 
 
 def test_a_version_failing_the_parity_check_is_served_by_torch_and_the_reason_is_listed(
@@ -104,7 +146,7 @@ def test_a_version_failing_the_parity_check_is_served_by_torch_and_the_reason_is
 ) -> None:
     publish_random_model(store)
     server, engine = start_classifier(
-        store, runtime="openvino", parity_tolerance=0.0, runtime_cache_dir=tmp_path
+        store, runtime="openvino", precision="fp32", parity_tolerance=0.0, runtime_cache_dir=tmp_path
     )
     try:
         info = catalog(server.port)[("resnet18", "1")]

@@ -245,8 +245,12 @@ class RuntimeServiceSettings(ModelServiceSettings):
         description="What runs the forward pass: auto (OpenVINO on the CPU when installed, else onnxruntime, "
         "else torch; torch on CUDA), torch, openvino or onnxruntime (CPU only).",
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Inference precision of openvino (fp32, bf16, fp16) and onnxruntime (fp32 only)."
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Inference precision of openvino (fp32, bf16, fp16) and onnxruntime (fp32 only). "
+        "auto: for classifiers on OpenVINO, bf16 where the CPU computes bf16 natively (AVX512-BF16 or AMX) "
+        "and the version keeps its probabilities within auto_prob_tolerance of torch's, else fp32; "
+        "fp32 for detectors.",
     )
     runtime_cache_dir: Path = Field(
         default_factory=default_runtime_cache_dir,
@@ -262,4 +266,10 @@ class ClassificationServiceSettings(RuntimeServiceSettings):
         ge=0,
         description="Largest |Δlogit| an fp32 converted model may differ from torch on the parity batch; "
         "beyond it torch serves that version.",
+    )
+    auto_prob_tolerance: float = Field(
+        2e-3,
+        ge=0,
+        description="Largest |Δprobability| from torch's, on the parity batch (seeded noise and real "
+        "photos), of a precision chosen by precision=auto (bf16); beyond it the version is served in fp32.",
     )

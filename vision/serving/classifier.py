@@ -94,19 +94,31 @@ def load_for_serving(
 
 
 def attach_runner(loaded: LoadedClassifier, options: RuntimeOptions) -> None:
-    """Serve ``loaded`` by the converted runtime ``options`` asks for, if it converts and passes parity."""
+    """Serve ``loaded`` by the converted runtime ``options`` asks for, if it converts and passes parity.
+
+    A precision chosen by auto that fails its check is retried in fp32 on the same runtime (the reason is
+    kept in ``served_as.fallback``); any other failure leaves torch serving, with the reason."""
     version = loaded.version
     meta = version.metadata
     wanted = f"{options.runtime} {options.precision}"
     try:
         runner = make_runner(version, loaded.module, options)
-        parity = check_parity(loaded.module, meta.architecture, meta.input_size, runner, options)
+        parity = check_parity(
+            loaded.module, meta.architecture, meta.input_size, runner, options, loaded.preprocessing
+        )
     except Exception as exc:  # any conversion failure: torch serves, the reason is reported
         why = f"{wanted} unavailable ({type(exc).__name__}: {exc}); torch serves this version"
         log.warning("%s version %s: %s", version.name, version.version, why, exc_info=exc)
         loaded.served_as = ServedAs("torch", loaded.served_as.precision, why)
         return
     loaded.parity = parity
+    if parity.failure and options.auto_precision:
+        why = f"precision auto: {wanted} failed the parity check against torch: {parity.failure}"
+        log.warning("%s version %s: %s; fp32 serves it", version.name, version.version, why)
+        attach_runner(loaded, options.fp32_instead())
+        if loaded.runner is not None:
+            loaded.served_as = ServedAs(options.runtime, "fp32", f"{why}; fp32 serves this version")
+        return
     if parity.failure:
         why = f"{wanted} failed the parity check against torch: {parity.failure}; torch serves this version"
         log.warning("%s version %s: %s", version.name, version.version, why)
@@ -115,11 +127,13 @@ def attach_runner(loaded: LoadedClassifier, options: RuntimeOptions) -> None:
     loaded.runner = runner
     loaded.served_as = ServedAs(options.runtime, options.precision)
     log.info(
-        "%s version %s served by %s (parity with torch: max |Δlogit| %.3g, top-1 agreement %.0f%%)",
+        "%s version %s served by %s (parity with torch: max |Δlogit| %.3g, max |Δprobability| %.3g, "
+        "top-1 agreement %.0f%%)",
         version.name,
         version.version,
         wanted,
         parity.max_abs_diff,
+        parity.max_prob_diff,
         parity.top1_agreement * 100,
     )
 

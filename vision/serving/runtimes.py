@@ -5,6 +5,11 @@ converted model serves only after it agrees with torch on a fixed seeded batch (
 conversion fails or it disagrees, that version is served by torch and the reason is reported
 (`ServedAs.fallback`). Precision (fp32, bf16, fp16) is the converted runtime's inference precision; torch
 keeps its own (float32 on the CPU, the ``half`` setting on CUDA).
+
+Precision ``auto`` is bf16 for a classifier on OpenVINO where the CPU computes bf16 natively (AVX512-BF16 or
+AMX: OpenVINO's own default there), provided the version's probabilities on the parity batch (seeded noise
+and real photos) stay within ``prob_tolerance`` of torch's; a version that misses it is served in fp32 by the
+same runtime, with the reason. Everywhere else ``auto`` is fp32.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from vision.image.preprocess import Preprocessing
 from vision.models.export import INPUT_NAME, OUTPUT_NAMES, onnx_for, openvino_ir_for
 from vision.models.store import ModelVersion
 from vision.settings import ClassificationServiceSettings
@@ -28,12 +36,15 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 CONVERTED = ("openvino", "onnxruntime")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Below fp32 a logit may move by this fraction of the batch's largest |logit| (fp16: 10-bit mantissa, bf16:
 # 7-bit), and the top-1 class must agree wherever torch's top-1 leads the runner-up by more than twice that.
 LOW_PRECISION_BOUNDS = {"bf16": 0.05, "fp16": 0.01}
 PARITY_BATCH = 3  # not the export's batch (2): the dynamic batch dimension is checked too
 PARITY_SEED = 0
+PARITY_PHOTOS = Path(__file__).with_name("parity_photos")  # real photos (see the README there)
+# The default bound on |Δprobability| for a precision chosen by auto (the setting's default).
+AUTO_PROB_TOLERANCE: float = ClassificationServiceSettings.model_fields["auto_prob_tolerance"].default
 
 
 @dataclass(frozen=True)
@@ -54,12 +65,26 @@ class RuntimeOptions:
     cache_dir: Path = Path("var/runtime-cache")
     tolerance: float = 1e-3
     threads: int = 0  # 0: torch's intra-op threads (set from VISION_TORCH_THREADS)
+    # Set when ``precision`` was chosen by auto: it must also keep probabilities within ``prob_tolerance``
+    # of torch's, and a version that fails is served in fp32 by the same runtime (`fp32_instead`).
+    auto_precision: bool = False
+    prob_tolerance: float = AUTO_PROB_TOLERANCE
 
     @classmethod
     def resolve(
-        cls, runtime: str, device: torch.device, precision: str, cache_dir: Path, tolerance: float
+        cls,
+        runtime: str,
+        device: torch.device,
+        precision: str,
+        cache_dir: Path,
+        tolerance: float,
+        *,
+        auto_bf16: bool = False,
+        prob_tolerance: float = AUTO_PROB_TOLERANCE,
     ) -> RuntimeOptions:
-        """``runtime`` as a concrete one for ``device``; ValueError for a converted runtime on CUDA."""
+        """``runtime`` as a concrete one for ``device``, and ``precision`` auto as a concrete one: bf16 when
+        ``auto_bf16`` (the service allows it), the runtime is OpenVINO and the CPU computes bf16 natively
+        (`native_bf16`), else fp32. ValueError for a converted runtime on CUDA."""
         if runtime not in RUNTIMES or precision not in PRECISIONS:
             raise ValueError(f"runtime must be one of {RUNTIMES} and precision one of {PRECISIONS}")
         if runtime == "auto":
@@ -68,7 +93,21 @@ class RuntimeOptions:
             raise ValueError(
                 f"runtime {runtime} runs on the CPU; set the device to cpu, or runtime auto/torch"
             )
-        return cls(runtime, precision, Path(cache_dir), tolerance)
+        chosen = precision == "auto"
+        if chosen:
+            precision = "bf16" if auto_bf16 and runtime == "openvino" and native_bf16() else "fp32"
+        return cls(
+            runtime,
+            precision,
+            Path(cache_dir),
+            tolerance,
+            auto_precision=chosen and precision != "fp32",
+            prob_tolerance=prob_tolerance,
+        )
+
+    def fp32_instead(self) -> RuntimeOptions:
+        """These options in fp32: what serves a version that fails the check of an auto-chosen precision."""
+        return replace(self, precision="fp32", auto_precision=False)
 
     @classmethod
     def from_settings(cls, settings: ClassificationServiceSettings, device: torch.device) -> RuntimeOptions:
@@ -79,7 +118,21 @@ class RuntimeOptions:
             settings.precision,
             settings.runtime_cache_dir,
             settings.parity_tolerance,
+            auto_bf16=True,
+            prob_tolerance=settings.auto_prob_tolerance,
         )
+
+
+@cache
+def native_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively on this CPU (AVX512-BF16 or AMX); False without
+    OpenVINO."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # not installed, or no CPU plugin: nothing runs in bf16 here
+        return False
 
 
 def available_fast_runtime() -> str:
@@ -173,12 +226,29 @@ class Parity:
     top1_agreement: float  # fraction of the batch with the same top-1 class
     bound: float  # the |Δ| allowed (logits; features relative to their own scale below fp32)
     failure: str  # '' when it passes
+    max_prob_diff: float = 0.0  # largest |Δ| of the softmax probabilities
 
 
-def parity_batch(input_size: int, batch: int = PARITY_BATCH) -> torch.Tensor:
-    """The fixed seeded batch runners are checked on: standard normal, like normalised photos."""
+def parity_batch(
+    input_size: int, batch: int = PARITY_BATCH, preprocessing: Preprocessing | None = None
+) -> torch.Tensor:
+    """The fixed batch runners are checked on: ``batch`` seeded standard-normal inputs (like normalised
+    photos), then, with ``preprocessing``, the real photos of `PARITY_PHOTOS` as the model sees them."""
     generator = torch.Generator().manual_seed(PARITY_SEED)
-    return torch.randn(batch, 3, input_size, input_size, generator=generator)
+    noise = torch.randn(batch, 3, input_size, input_size, generator=generator)
+    if preprocessing is None:
+        return noise
+    return torch.cat([noise, torch.stack([preprocessing(photo) for photo in parity_photos()])])
+
+
+@cache
+def parity_photos() -> tuple[Image.Image, ...]:
+    """The decoded photos of `PARITY_PHOTOS`, sorted by name."""
+    photos = []
+    for path in sorted(PARITY_PHOTOS.glob("*.jpg")):
+        with Image.open(path) as image:
+            photos.append(image.convert("RGB"))
+    return tuple(photos)
 
 
 def compare(
@@ -186,12 +256,15 @@ def compare(
     got: tuple[torch.Tensor, torch.Tensor],
     precision: str,
     tolerance: float,
+    prob_tolerance: float | None = None,
 ) -> Parity:
     """Torch's (logits, features) vs a runner's: fp32 within ``tolerance`` absolute; below fp32, within the
-    precision's `LOW_PRECISION_BOUNDS` fraction of the largest |value|, and top-1 where torch's is clear."""
+    precision's `LOW_PRECISION_BOUNDS` fraction of the largest |value|, and top-1 where torch's is clear;
+    with ``prob_tolerance``, softmax probabilities within it too."""
     logits, features = (t.float() for t in reference)
     logit_diff = float((got[0] - logits).abs().max())
     feature_diff = float((got[1] - features).abs().max())
+    prob_diff = float((torch.softmax(got[0].float(), 1) - torch.softmax(logits, 1)).abs().max())
     top1 = got[0].argmax(1) == logits.argmax(1)
     agreement = float(top1.float().mean())
     if precision == "fp32":
@@ -209,17 +282,26 @@ def compare(
         failure = f"max |Δfeature| {feature_diff:.3g} exceeds {feature_bound:.3g} ({precision})"
     elif precision != "fp32" and bool((~top1 & (lead > 2 * bound)).any()):
         failure = f"top-1 differs from torch where torch's lead exceeds {2 * bound:.3g} ({precision})"
-    return Parity(logit_diff, feature_diff, agreement, bound, failure)
+    elif prob_tolerance is not None and not prob_diff <= prob_tolerance:
+        failure = f"max |Δprobability| {prob_diff:.3g} exceeds {prob_tolerance:.3g} ({precision})"
+    return Parity(logit_diff, feature_diff, agreement, bound, failure, prob_diff)
 
 
 def check_parity(
-    module: nn.Module, architecture: str, input_size: int, runner: Runner, options: RuntimeOptions
+    module: nn.Module,
+    architecture: str,
+    input_size: int,
+    runner: Runner,
+    options: RuntimeOptions,
+    preprocessing: Preprocessing | None = None,
 ) -> Parity:
-    """Run torch and ``runner`` on the parity batch and compare them (`compare`)."""
+    """Run torch and ``runner`` on the parity batch (with the photos when ``preprocessing`` is given) and
+    compare them (`compare`; the probability bound applies to a precision chosen by auto)."""
     from vision.models.export import WithFeatures
 
-    batch = parity_batch(input_size)
+    batch = parity_batch(input_size, preprocessing=preprocessing)
     with torch.inference_mode():
         reference = WithFeatures(module, architecture)(batch.to(next(module.parameters()).device))
     reference = (reference[0].cpu(), reference[1].cpu())
-    return compare(reference, runner(batch), options.precision, options.tolerance)
+    prob_tolerance = options.prob_tolerance if options.auto_precision else None
+    return compare(reference, runner(batch), options.precision, options.tolerance, prob_tolerance)
