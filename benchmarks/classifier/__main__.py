@@ -45,6 +45,7 @@ from benchmarks.classifier.runtimes import (
     CPU_DEFAULT_RUNTIME_TARGET,
     DEFAULT_RUNTIMES,
     QUICK_RUNTIMES,
+    default_parity,
     runtime_rows,
     runtime_table,
 )
@@ -338,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += service_rows(args, store, version.name, images, Path(tmp))
         env = {**thread_env(args.threads), "YOLO_OFFLINE": "1"}
         runtimes = runtime_rows(args, version, images, env, Path(tmp)) if device.type == "cpu" else []
+        parity = default_parity(version, images, Path(tmp)) if runtimes else None
         results.append(equal_concurrency(args, "D2", "after", model, images))
 
     by_key = {r.key: r for r in results}
@@ -346,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = print_report(results, ratios, args.concurrency)
     if runtimes:
         print("\n## Runtimes (classifier_svc, CPU)\n")
-        print(runtime_table(runtimes, equal_conc, by_key.get("S")))
+        print(runtime_table(runtimes, equal_conc, by_key.get("S"), parity))
         print(
             "\nParity: the runtime's logits and probabilities (with its preprocessing) vs eager torch's "
             "on the exact pipeline, on the benchmark's photos, loaded as the service loads it. x eager: "
@@ -358,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, device, [name for name, _ in named], results, equal_conc, ratios, warning
         )
         payload["runtimes"] = [row.summary() for row in runtimes]
+        if parity is not None:
+            keys = ("served_as", "max_abs_logit_diff", "max_abs_prob_diff", "top1_agreement")
+            payload["default_parity"] = dict(zip(keys, parity, strict=True))
         write_json(args.json, payload)
     return 0
 

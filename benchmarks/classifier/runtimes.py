@@ -67,10 +67,17 @@ def parity_on_photos(
 ) -> tuple[str, float, float, float]:
     """(served as, max |Δlogit|, max |Δprobability|, top-1 agreement) of ``runtime`` at ``precision`` with
     ``preprocess`` against eager torch fp32 on the exact pipeline, on the benchmark's photos, loaded as the
-    service loads it."""
+    service loads it; ``precision`` auto resolves as the service's default does."""
+    options = RuntimeOptions.resolve(runtime, torch.device("cpu"), precision, cache, 1e-3, auto_bf16=True)
+    return parity_with_options(version, images, options, preprocess)
+
+
+def parity_with_options(
+    version: ModelVersion, images: list[bytes], options: RuntimeOptions, preprocess: str
+) -> tuple[str, float, float, float]:
+    """`parity_on_photos` for resolved ``options``."""
     from vision.serving.classifier import load_for_serving
 
-    options = RuntimeOptions(runtime, precision, cache)
     loaded = load_for_serving(version, torch.device("cpu"), runtime=options)
     prep = loaded.preprocessing
     exact = torch.stack([prep(decode_image(data)) for data in images])
@@ -133,7 +140,17 @@ def runtime_rows(
     return rows
 
 
-def runtime_table(rows: list[RuntimeRow], eager: float, default: Result | None) -> str:
+def default_parity(version: ModelVersion, images: list[bytes], tmp: Path) -> tuple[str, float, float, float]:
+    """`parity_on_photos` of classifier_svc's default settings (runtime and precision auto, exact)."""
+    return parity_on_photos(version, images, "auto", "auto", "exact", tmp / "parity-cache")
+
+
+def runtime_table(
+    rows: list[RuntimeRow],
+    eager: float,
+    default: Result | None,
+    default_parity: tuple[str, float, float, float] | None = None,
+) -> str:
     """Each runtime's throughput, latency, ratio to eager torch at equal concurrency (D) and parity."""
     header = (
         "row",
@@ -153,22 +170,23 @@ def runtime_table(rows: list[RuntimeRow], eager: float, default: Result | None) 
     )
     body: list[tuple[object, ...]] = []
     if default is not None:
+        served, diff, prob_diff, agreement = default_parity or ("-", float("nan"), float("nan"), float("nan"))
         body.append(
             (
                 default.key,
                 "auto (default)",
-                "fp32",
+                "auto",
                 "exact",
-                "-",
+                served,
                 fmt(default.throughput),
                 fmt(default.percentile(50)),
                 fmt(default.percentile(99)),
                 f"**{ratio(default.throughput, eager):.2f}x**",
                 fmt(service_cpu_ms(default)),
                 fmt(default.other_cores, 2),
-                "-",
-                "-",
-                "-",
+                f"{diff:.2g}",
+                f"{prob_diff:.2g}",
+                f"{agreement:.0%}",
             )
         )
     for row in rows:
