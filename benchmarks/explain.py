@@ -2,11 +2,11 @@
 
 Both services run as subprocesses on one model store holding a seeded random ResNet18 (1000 classes); the
 same N gRPC clients send the same real photos to each in turn. Printed: images/s and latency per phase, and
-the ratio explain / classify with the targets (CAM and Grad-CAM at the default layer >= 0.8x; Grad-CAM and
-Grad-CAM++ at a middle layer reported).
+the ratio explain / classify with the targets (CAM and Grad-CAM at the default layer >= 0.8x; CAM with the
+largest overlay a request may ask for, and Grad-CAM and Grad-CAM++ at a middle layer reported).
 
     python -m benchmarks.explain                        # 8 clients, 15 s per phase
-    python -m benchmarks.explain --overlay-side 640     # VISION_EXPLAIN_MAX_OVERLAY_SIDE
+    python -m benchmarks.explain --overlay-side 1024    # VISION_EXPLAIN_OVERLAY_SIDE (default 640)
     python -m benchmarks.explain --quick                # a smoke run: 2 clients, 1 s phases
 """
 
@@ -30,30 +30,48 @@ from benchmarks.harness.report import command_line, fmt, markdown_table, ratio, 
 from vision.models.store import ModelStore
 from vision.v1 import explainer_pb2, explainer_pb2_grpc
 
-# key, label, method, layer, target (None: reported only)
-PHASES: tuple[tuple[str, str, explainer_pb2.CamMethod, str, float | None], ...] = (
-    ("cam", "CAM, last conv block (layer4)", explainer_pb2.CAM_METHOD_CAM, "", 0.8),
-    ("gradcam", "Grad-CAM, last conv block (layer4)", explainer_pb2.CAM_METHOD_GRAD_CAM, "", 0.8),
-    ("gradcam_l3", "Grad-CAM, middle layer (layer3)", explainer_pb2.CAM_METHOD_GRAD_CAM, "layer3", None),
+FULL_SIZE = 2048  # the largest overlay_max_side a request may ask for (VISION_EXPLAIN_MAX_OVERLAY_SIDE)
+
+# key, label, method, layer, overlay_max_side (0: the service's default), target (None: reported only)
+PHASES: tuple[tuple[str, str, explainer_pb2.CamMethod, str, int, float | None], ...] = (
+    ("cam", "CAM, last conv block (layer4)", explainer_pb2.CAM_METHOD_CAM, "", 0, 0.8),
+    ("gradcam", "Grad-CAM, last conv block (layer4)", explainer_pb2.CAM_METHOD_GRAD_CAM, "", 0, 0.8),
+    (
+        "cam_full_size",
+        f"CAM, last conv block, overlay_max_side {FULL_SIZE} (the photo's own size)",
+        explainer_pb2.CAM_METHOD_CAM,
+        "",
+        FULL_SIZE,
+        None,
+    ),
+    ("gradcam_l3", "Grad-CAM, middle layer (layer3)", explainer_pb2.CAM_METHOD_GRAD_CAM, "layer3", 0, None),
     (
         "gradcampp_l3",
         "Grad-CAM++, middle layer (layer3)",
         explainer_pb2.CAM_METHOD_GRAD_CAM_PLUS_PLUS,
         "layer3",
+        0,
         None,
     ),
 )
 
 
 def explain_calls(
-    address: str, images: list[bytes], n: int, method: explainer_pb2.CamMethod, layer: str
+    address: str,
+    images: list[bytes],
+    n: int,
+    method: explainer_pb2.CamMethod,
+    layer: str,
+    overlay_max_side: int = 0,
 ) -> tuple[list[Call], Callable[[], None]]:
     """One channel per client; client i sends image i mod len(images) with ``method`` at ``layer``."""
     channels = grpc_channels(address, n)
 
     def make(i: int) -> Call:
         stub = explainer_pb2_grpc.ExplainerStub(channels[i])
-        request = explainer_pb2.ExplainRequest(image=images[i % len(images)], method=method, layer=layer)
+        request = explainer_pb2.ExplainRequest(
+            image=images[i % len(images)], method=method, layer=layer, overlay_max_side=overlay_max_side
+        )
 
         def call() -> dict[str, float]:
             return timing_fields(stub.Explain(request, timeout=RPC_TIMEOUT_S).timing)
@@ -76,7 +94,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-seconds", type=float, default=3.0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each service (default: all)")
-    parser.add_argument("--overlay-side", type=int, default=0, help="VISION_EXPLAIN_MAX_OVERLAY_SIDE")
+    parser.add_argument("--overlay-side", type=int, default=0, help="VISION_EXPLAIN_OVERLAY_SIDE")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2 clients, 1 s phases, 0.5 s warm-up"
@@ -99,7 +117,8 @@ def measure(args: argparse.Namespace, store: ModelStore, images: list[bytes], tm
         "VISION_EXPLAIN_DEVICE": args.device,
     }
     if args.overlay_side:
-        env["VISION_EXPLAIN_MAX_OVERLAY_SIDE"] = str(args.overlay_side)
+        env["VISION_EXPLAIN_OVERLAY_SIDE"] = str(args.overlay_side)
+        env["VISION_EXPLAIN_MAX_OVERLAY_SIDE"] = str(max(args.overlay_side, FULL_SIZE))
     load: dict[str, Any] = {
         "seconds": args.seconds,
         "warmup_s": args.warmup_seconds,
@@ -111,8 +130,8 @@ def measure(args: argparse.Namespace, store: ModelStore, images: list[bytes], tm
         results.append(run_load("classify", "classifier_svc Classify", calls, pids={"svc": svc.pid}, **load))
         close()
     with grpc_service("explain_svc", "VISION_EXPLAIN_PORT", env, tmp) as svc:
-        for key, label, method, layer, _ in PHASES:
-            calls, close = explain_calls(svc.address, images, args.concurrency, method, layer)
+        for key, label, method, layer, side, _ in PHASES:
+            calls, close = explain_calls(svc.address, images, args.concurrency, method, layer, side)
             results.append(run_load(key, f"explain_svc {label}", calls, pids={"svc": svc.pid}, **load))
             close()
     return results
@@ -122,7 +141,7 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
     """explain / classify images/s per phase, with the targets."""
     base = results[0].throughput
     rows = []
-    for (key, label, _method, _layer, target), result in zip(PHASES, results[1:], strict=True):
+    for (key, label, _method, _layer, _side, target), result in zip(PHASES, results[1:], strict=True):
         value = ratio(result.throughput, base)
         rows.append(
             {

@@ -7,15 +7,20 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from explain_svc.cam import METHODS, CamResult, check_request, explain_batch
-from explain_svc.config import ExplainSettings
-from explain_svc.overlay import DEFAULT_ALPHA, check_style, heatmap_png, render_overlay, scale_to_fit
-from vision.choices import CAM_METHODS, COLORMAPS
+from explain_svc.config import MIN_OVERLAY_SIDE, ExplainSettings
+from explain_svc.overlay import (
+    DEFAULT_ALPHA,
+    check_style,
+    encode_overlay,
+    heatmap_png,
+    render_overlay,
+    shrink_to_fit,
+)
+from vision.choices import CAM_METHODS, COLORMAPS, OVERLAY_FORMATS
 from vision.errors import InvalidArgument
 from vision.image.decode import decode_image
-from vision.image.png import encode_png
 from vision.models.store import ModelStore, ModelVersion
 from vision.serving.classifier import LoadedClassifier, load_for_serving, top_classes
 from vision.serving.engine import Answered, ServingEngine
@@ -32,6 +37,8 @@ class ExplainOptions:
     colormap: str = COLORMAPS.default
     alpha: float = DEFAULT_ALPHA
     top_k: int = 5
+    overlay_side: int = 0  # longest side of the overlay; 0: the service's overlay_side setting
+    overlay_format: str = ""  # "jpeg" or "png"; empty: the service's overlay_format setting
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,8 @@ class Explanation:
     method: str
     layer: str
     heatmap_png: bytes
-    overlay_png: bytes
+    overlay: bytes
+    overlay_format: str  # "jpeg" or "png"
     answered: Answered
 
 
@@ -70,8 +78,22 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
 
     def __init__(self, store: ModelStore, settings: ExplainSettings) -> None:
         super().__init__(store, settings)
+        self.overlay_side = settings.overlay_side
         self.max_overlay_side = settings.max_overlay_side
         self.runtime = RuntimeOptions.from_settings(settings, self.device)
+
+    def overlay_side_for(self, requested: int) -> int:
+        """The overlay's longest side for a request asking for ``requested`` (0: the service's default);
+        InvalidArgument naming the accepted range otherwise."""
+        if requested == 0:
+            return self.overlay_side
+        if not MIN_OVERLAY_SIDE <= requested <= self.max_overlay_side:
+            raise InvalidArgument(
+                f"overlay_max_side must be between {MIN_OVERLAY_SIDE} and {self.max_overlay_side} "
+                f"(VISION_EXPLAIN_MAX_OVERLAY_SIDE), or 0 for the default {self.overlay_side}; "
+                f"got {requested}"
+            )
+        return requested
 
     def load(self, version: ModelVersion) -> LoadedClassifier:
         # float32 even on CUDA: gradients of half-precision activations lose the small weights.
@@ -104,6 +126,8 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
         other callers', render the images here. ``timeout`` (seconds) bounds the whole call."""
         start = time.perf_counter()
         check_style(options.colormap, options.alpha)
+        overlay_side = self.overlay_side_for(options.overlay_side)
+        overlay_format = OVERLAY_FORMATS.check(options.overlay_format or self.settings.overlay_format)
         name, resolved_version, model = self.registry.get(model_name, version)
         _, layer = check_request(
             model.module, model.version.metadata.architecture, options.method, options.layer
@@ -113,10 +137,10 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
         with self.decode_slot(deadline):
             picture = decode_image(image, self.image_limits)
             tensor = model.preprocessing(picture)
-            # Keep only what the overlay is drawn on (at most max_overlay_side), not the full photo.
+            # Keep only what the overlay is drawn on (shrunk to fit overlay_side), not the full photo.
             box = model.preprocessing.crop_box(picture.width, picture.height)
-            picture, scale = scale_to_fit(picture, self.max_overlay_side)
-            box = (box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale)
+            picture, factor = shrink_to_fit(picture, overlay_side)
+            box = (box[0] / factor, box[1] / factor, box[2] / factor, box[3] / factor)
         decode_ms = (time.perf_counter() - start) * 1000
         batched = self.batcher.run(
             (model, options.method, layer), (tensor, target), timeout=self.time_left(deadline)
@@ -125,7 +149,10 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
         result = batched.value
         names = model.class_names
         with self.telemetry.encoding():
-            overlay = self._overlay(picture, box, result, options)
+            overlay = render_overlay(
+                picture, result.heatmap, box, colormap=options.colormap, alpha=options.alpha
+            )
+            encoded = encode_overlay(overlay, overlay_format, self.settings.overlay_jpeg_quality)
             heatmap = heatmap_png(result.heatmap)
         return Explanation(
             top=top_classes(result.probs, options.top_k, names),
@@ -133,23 +160,7 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
             method=options.method,
             layer=layer,
             heatmap_png=heatmap,
-            overlay_png=overlay,
+            overlay=encoded,
+            overlay_format=overlay_format,
             answered=answered,
         )
-
-    def _overlay(
-        self,
-        picture: Image.Image,
-        box: tuple[float, float, float, float],
-        result: CamResult,
-        options: ExplainOptions,
-    ) -> bytes:
-        overlay = render_overlay(
-            picture,
-            result.heatmap,
-            box,
-            colormap=options.colormap,
-            alpha=options.alpha,
-            max_side=self.max_overlay_side,
-        )
-        return encode_png(overlay)

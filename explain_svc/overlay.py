@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from functools import cache
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vision.choices import COLORMAPS
+from vision.choices import COLORMAPS, OVERLAY_FORMATS
 from vision.errors import InvalidArgument
 from vision.image.png import encode_png
 
@@ -22,6 +23,15 @@ def heatmap_png(heatmap: torch.Tensor) -> bytes:
     wait on each other while the model runs (see `vision.image.preprocess`); the values are the same."""
     levels = np.round(np.clip(heatmap.numpy(), 0, 1) * np.float32(255))
     return encode_png(levels.astype(np.uint8))
+
+
+def encode_overlay(overlay: Image.Image, overlay_format: str, jpeg_quality: int) -> bytes:
+    """``overlay`` as JPEG (Pillow's libjpeg-turbo, at ``jpeg_quality``) or PNG (`encode_png`)."""
+    if OVERLAY_FORMATS.check(overlay_format) == "png":
+        return encode_png(overlay)
+    out = io.BytesIO()
+    overlay.save(out, "JPEG", quality=jpeg_quality)
+    return out.getvalue()
 
 
 def check_style(colormap: str, alpha: float) -> None:
@@ -40,15 +50,16 @@ def _lut(colormap: str) -> np.ndarray:
     return np.round(rgba[:, :3] * 255).astype(np.uint8)
 
 
-def scale_to_fit(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
-    """``image`` scaled down (bilinear) so that its longer side is at most ``max_side``, and the scale
-    applied (1.0: ``image`` itself, unchanged). Scaling an image that already fits changes nothing."""
-    scale = min(1.0, max_side / max(image.size))
-    if scale < 1.0:
-        image = image.resize(
-            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR
-        )
-    return image, scale
+def shrink_to_fit(image: Image.Image, max_side: int) -> tuple[Image.Image, int]:
+    """``image`` shrunk by the smallest whole factor k that brings its longer side to at most ``max_side``,
+    and k (1: ``image`` itself, unchanged). Each pixel of the result is the mean of a k x k box of the photo
+    (Pillow's ``Image.reduce``; the boxes of the last row and column are cut at the edge, so a side of n
+    becomes ceil(n / k)). A box filter over whole pixels costs about 0.8 ms on a 1 MP photo, where a bilinear
+    resample to an arbitrary size reads every pixel through a wider kernel and costs 5-8 ms."""
+    factor = -(-max(image.size) // max_side)
+    if factor <= 1:
+        return image, 1
+    return image.reduce(factor), factor
 
 
 def render_overlay(
@@ -58,27 +69,23 @@ def render_overlay(
     *,
     colormap: str = COLORMAPS.default,
     alpha: float = DEFAULT_ALPHA,
-    max_side: int = 2048,
 ) -> Image.Image:
     """The user's image with the coloured heatmap blended over ``crop_box`` (left, top, right, bottom in the
     image's pixels): the region the model saw. Pixels outside it are left as they were.
 
-    Images longer than ``max_side`` are scaled down first (the box with them), keeping the geometry.
+    The caller shrinks large photos first (`shrink_to_fit`, the box with them).
     ``colormap`` and ``alpha`` are checked by the caller (`check_style`), before any work is queued.
     """
     lut = _lut(colormap)
-    image, scale = scale_to_fit(image, max_side)
-    left, top, right, bottom = (round(v * scale) for v in crop_box)
+    left, top, right, bottom = (round(v) for v in crop_box)
     left, top = max(left, 0), max(top, 0)
     right, bottom = min(right, image.width), min(bottom, image.height)
     size = (max(right - left, 1), max(bottom - top, 1))
-    resized = Image.fromarray(heatmap.numpy().astype(np.float32), mode="F").resize(
-        size, Image.Resampling.BILINEAR
-    )
-    levels = np.clip(np.round(np.asarray(resized) * 255), 0, 255).astype(np.uint8)
-    # Colour through a palette and blend with Image.blend: both run in Pillow's C code.
-    heat = Image.fromarray(levels, mode="P")
-    heat.putpalette(lut.tobytes())
+    # All per-pixel work in Pillow's C code: upsample the map (scaled to [0.5, 255.5], so that converting to
+    # 8 bits, which truncates, rounds), colour it through a palette, blend it with Image.blend.
+    scaled = np.clip(heatmap.numpy(), 0, 1).astype(np.float32) * np.float32(255) + np.float32(0.5)
+    heat = Image.fromarray(scaled, mode="F").resize(size, Image.Resampling.BILINEAR).convert("L")
+    heat.putpalette(lut.tobytes())  # L -> P
     region = image.crop((left, top, left + size[0], top + size[1]))
     out = image.copy()
     out.paste(Image.blend(region, heat.convert("RGB"), alpha), (left, top))

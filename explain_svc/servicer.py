@@ -8,7 +8,7 @@ import grpc
 
 from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.overlay import DEFAULT_ALPHA
-from vision.choices import CAM_METHODS, COLORMAPS
+from vision.choices import CAM_METHODS, COLORMAPS, OVERLAY_FORMATS
 from vision.errors import InvalidArgument
 from vision.rpc.deadline import call_timeout
 from vision.rpc.timing import model_ref, timing_message
@@ -35,6 +35,11 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             colormap=COLORMAPS.from_enum(request.colormap),
             alpha=request.alpha if request.HasField("alpha") else DEFAULT_ALPHA,
             top_k=top_k,
+            overlay_side=request.overlay_max_side,
+            # unset: "", the service's setting
+            overlay_format=(
+                OVERLAY_FORMATS.from_enum(request.overlay_format) if request.overlay_format else ""
+            ),
         )
 
     def Explain(
@@ -53,14 +58,18 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
                 context, self._engine.settings.default_deadline_s, self._engine.settings.max_deadline_s
             ),
         )
-        return explainer_pb2.ExplainResponse(
+        response = explainer_pb2.ExplainResponse(
             prediction=_scored(*result.top[0]),
             top_k=[_scored(*c) for c in result.top],
             target=_scored(*result.target),
             method=explainer_pb2.CamMethod.Name(CAM_METHODS.to_enum(result.method)),
             layer=result.layer,
             heatmap_png=result.heatmap_png,
-            overlay_png=result.overlay_png,
             model=model_ref(result.answered),
             timing=timing_message(result.answered, start),
         )
+        if result.overlay_format == "png":
+            response.overlay_png = result.overlay
+        else:
+            response.overlay_jpeg = result.overlay
+        return response

@@ -111,7 +111,11 @@ class RankedClass(Body):
 
 
 def png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return data_uri("image/png", png)
+
+
+def data_uri(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64," + base64.b64encode(data).decode("ascii")
 
 
 # -- POST /predict, /explain, /predict/gradcam ---------------------------------------------------------------
@@ -137,13 +141,19 @@ class ExplainResponse(Body):
     layer: str = Field(description="The module whose activations were used.")
     target_class: TargetClass
     heatmap: str = Field(description="8-bit grayscale PNG data URI at model-input resolution.")
-    overlay_image: str = Field(description="PNG data URI: the coloured map over the uploaded photo.")
+    overlay_image: str = Field(
+        description="JPEG (default) or PNG data URI, as overlay_format asks: the coloured map over the "
+        "uploaded photo, its longer side at most overlay_max_side."
+    )
     model: ModelRef
     timing_ms: Timing
 
 
 class Gradcam(Body):
-    heatmap_image: str = Field(description="PNG data URI: the Grad-CAM overlay on the uploaded photo.")
+    heatmap_image: str = Field(
+        description="Data URI (JPEG, the service's default overlay format): the Grad-CAM overlay on the "
+        "uploaded photo."
+    )
     description: str
 
 

@@ -3,6 +3,8 @@ the proto enums, so an enum value added to a .proto without a choice fails here.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 import torch
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -13,6 +15,8 @@ from vision.choices import (
     COLORMAPS,
     FINAL_CONV_LAYER,
     OPTIMIZERS,
+    OVERLAY_FORMATS,
+    OVERLAY_MEDIA_TYPES,
     PRETRAINED_ARCHITECTURES,
     Choices,
     pretrained_by_default,
@@ -29,8 +33,15 @@ SETS: dict[str, tuple[Choices, EnumTypeWrapper]] = {
     "optimizer": (OPTIMIZERS, trainer_pb2.Optimizer),
     "method": (CAM_METHODS, explainer_pb2.CamMethod),
     "colormap": (COLORMAPS, explainer_pb2.Colormap),
+    "overlay_format": (OVERLAY_FORMATS, explainer_pb2.OverlayFormat),
 }
-DEFAULTS = {"architecture": "resnet18", "optimizer": "adam", "method": "gradcam", "colormap": "jet"}
+DEFAULTS = {
+    "architecture": "resnet18",
+    "optimizer": "adam",
+    "method": "gradcam",
+    "colormap": "jet",
+    "overlay_format": "jpeg",
+}
 
 
 @pytest.mark.parametrize("field", SETS)
@@ -71,6 +82,17 @@ def test_the_enum_names_spell_the_choice_names() -> None:
     }
     for name, value in COLORMAPS.enums.items():
         assert explainer_pb2.Colormap.Name(value) == f"COLORMAP_{name.upper()}"
+    for name, value in OVERLAY_FORMATS.enums.items():
+        assert explainer_pb2.OverlayFormat.Name(value) == f"OVERLAY_FORMAT_{name.upper()}"
+
+
+def test_the_overlay_setting_accepts_exactly_the_overlay_formats_each_with_a_media_type() -> None:
+    from explain_svc.config import ExplainSettings
+
+    annotation = ExplainSettings.model_fields["overlay_format"].annotation
+    assert get_args(annotation) == OVERLAY_FORMATS.names
+    assert ExplainSettings().overlay_format == OVERLAY_FORMATS.default
+    assert set(OVERLAY_MEDIA_TYPES) == set(OVERLAY_FORMATS.names)
 
 
 @pytest.mark.parametrize("field", SETS)

@@ -259,7 +259,9 @@ def test_explain_writes_the_overlays_explain_returns_next_to_an_index(
         assert (record["method"], record["layer"]) == (body["method"], body["layer"])
         assert record["target"]["label"] == body["target_class"]["class"]
         assert record["prediction"]["label"] == body["prediction"]["class"]
+        assert body["overlay_image"].startswith("data:image/jpeg;base64,")
         overlay = base64.b64decode(body["overlay_image"].split(",", 1)[1])
+        assert record["overlay"].endswith(".overlay.jpg")
         assert (out / record["overlay"]).read_bytes() == overlay
         assert (out / record["heatmap"]).read_bytes() == base64.b64decode(body["heatmap"].split(",", 1)[1])
 

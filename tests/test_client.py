@@ -8,6 +8,7 @@ the trainer's stream time limit."""
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import logging
 import threading
@@ -21,6 +22,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from PIL import Image as PILImage
 
 from detector_svc.checkpoints import import_yolo_checkpoint
 from explain_svc.config import ExplainSettings
@@ -145,8 +147,12 @@ def test_explain_returns_the_explainers_heatmap_and_overlay(client: VisionClient
         )
     got = client.explain(ZIDANE, method="gradcampp", target="dog", alpha=0.3, colormap="viridis")
     assert (got.method, got.target.label, got.layer) == ("gradcampp", "dog", "features")
-    assert got.heatmap_png == expected.heatmap_png and got.overlay_png == expected.overlay_png
+    assert got.heatmap_png == expected.heatmap_png and got.overlay == expected.overlay
     assert got.heatmap_png.startswith(b"\x89PNG")
+    assert (got.overlay_format, got.overlay[:2]) == ("jpeg", b"\xff\xd8")  # the service's default
+    lossless = client.explain(ZIDANE, overlay_format="png", overlay_max_side=2048)
+    assert lossless.overlay_format == "png"
+    assert PILImage.open(io.BytesIO(lossless.overlay)).size == PILImage.open(ZIDANE).size
     assert (got.prediction, got.top_k, got.model) == (expected.prediction, expected.top_k, expected.model)
 
 

@@ -84,6 +84,7 @@ def test_the_overlays_hottest_region_sits_on_the_object_in_the_uploaded_photo(
         method=method,
         colormap=explainer_pb2.COLORMAP_GRAY,
         alpha=1.0,
+        overlay_format=explainer_pb2.OVERLAY_FORMAT_PNG,  # exact pixels
     )
     reply = stub.Explain(request, timeout=30)
     assert reply.prediction.label == "bright" and reply.target.label == "bright"
@@ -104,6 +105,34 @@ def test_the_overlays_hottest_region_sits_on_the_object_in_the_uploaded_photo(
     heatmap = Image.open(io.BytesIO(reply.heatmap_png))
     assert heatmap.mode == "L" and heatmap.size == (224, 224)
     assert np.asarray(heatmap).max() == 255
+
+
+@pytest.mark.parametrize(
+    ("overlay_max_side", "factor"),
+    [(0, 3), (700, 2), (1300, 1), (2048, 1)],  # 0: the default, 640
+)
+def test_a_large_photos_overlay_is_shrunk_by_a_whole_factor_with_the_map_still_on_the_object(
+    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], overlay_max_side: int, factor: int
+) -> None:
+    stub, _ = explain
+    size = (1300, 975)  # the centre crop, 853 px square, holds OBJECT
+    request = explainer_pb2.ExplainRequest(
+        image=encode(photo_with_object(size), "PNG"),
+        model=common_pb2.ModelRef(name="bright"),
+        method=explainer_pb2.CAM_METHOD_CAM,
+        colormap=explainer_pb2.COLORMAP_GRAY,
+        alpha=1.0,
+        overlay_max_side=overlay_max_side,
+        overlay_format=explainer_pb2.OVERLAY_FORMAT_PNG,
+    )
+    reply = stub.Explain(request, timeout=30)
+    overlay = Image.open(io.BytesIO(reply.overlay_png))
+    assert overlay.size == (-(-size[0] // factor), -(-size[1] // factor))
+    cy, cx = hot_pixels(reply.overlay_png).mean(axis=0)
+    left, top, right, bottom = (v / factor for v in OBJECT)
+    assert left <= cx <= right and top <= cy <= bottom, f"hot centre ({cx:.0f}, {cy:.0f}) is off the object"
+    # Outside the crop the photo shows through, box-averaged: the grey background.
+    assert tuple(overlay.getpixel((0, 0))) == (128, 128, 128)
 
 
 @pytest.mark.parametrize("size", [(640, 480), (480, 640)])
@@ -132,15 +161,38 @@ def test_the_default_colormap_is_jet_and_blends_with_the_photo(
 ) -> None:
     stub, _ = explain
     photo = photo_with_object()
-    reply = stub.Explain(
-        explainer_pb2.ExplainRequest(image=encode(photo, "PNG"), model=common_pb2.ModelRef(name="bright")),
-        timeout=30,
+    request = explainer_pb2.ExplainRequest(
+        image=encode(photo, "PNG"),
+        model=common_pb2.ModelRef(name="bright"),
+        overlay_format=explainer_pb2.OVERLAY_FORMAT_PNG,
     )
+    reply = stub.Explain(request, timeout=30)
     overlay = np.asarray(Image.open(io.BytesIO(reply.overlay_png))).astype(int)
     redness = overlay[..., 0] - overlay[..., 2]  # JET's hot end is red, its cold end blue
     cy, cx = np.unravel_index(np.argmax(redness), redness.shape)
     assert OBJECT[0] - 8 <= cx <= OBJECT[2] + 8 and OBJECT[1] - 8 <= cy <= OBJECT[3] + 8
     assert (overlay[0, 0] == np.asarray(photo)[0, 0]).all(), "outside the crop the photo is untouched"
+
+
+def test_the_default_overlay_is_a_jpeg_of_the_same_picture_at_a_fraction_of_the_bytes(
+    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], bus_jpeg: bytes
+) -> None:
+    stub, _ = explain
+    model = common_pb2.ModelRef(name="resnet18")
+    default = stub.Explain(explainer_pb2.ExplainRequest(image=bus_jpeg, model=model), timeout=30)
+    lossless = stub.Explain(
+        explainer_pb2.ExplainRequest(
+            image=bus_jpeg, model=model, overlay_format=explainer_pb2.OVERLAY_FORMAT_PNG
+        ),
+        timeout=30,
+    )
+    assert default.WhichOneof("overlay") == "overlay_jpeg" and lossless.WhichOneof("overlay") == "overlay_png"
+    jpeg, png = Image.open(io.BytesIO(default.overlay_jpeg)), Image.open(io.BytesIO(lossless.overlay_png))
+    assert jpeg.format == "JPEG" and jpeg.size == png.size == (405, 540)
+    difference = np.abs(np.asarray(jpeg, dtype=int) - np.asarray(png, dtype=int))
+    assert difference.mean() < 3  # quality 90
+    assert len(default.overlay_jpeg) < len(lossless.overlay_png) / 2
+    assert default.heatmap_png == lossless.heatmap_png  # the data itself stays lossless
 
 
 def test_concurrent_requests_each_get_their_own_explanation(
@@ -183,6 +235,9 @@ def test_concurrent_requests_each_get_their_own_explanation(
         ({"method": 42}, "accepted: cam, gradcam, gradcampp"),
         ({"colormap": 42}, "accepted: jet"),
         ({"image": b"GIF89a...."}, "GIF images are not accepted"),
+        ({"overlay_max_side": 63}, "overlay_max_side must be between 64 and 2048"),
+        ({"overlay_max_side": 2049}, "overlay_max_side must be between 64 and 2048"),
+        ({"overlay_max_side": -1}, "or 0 for the default 640"),
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_accepted_values(

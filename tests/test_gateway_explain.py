@@ -39,8 +39,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     classifier_engine.close()  # type: ignore[attr-defined]
 
 
-def png_from_data_uri(uri: str) -> Image.Image:
-    prefix = "data:image/png;base64,"
+def png_from_data_uri(uri: str, media_type: str = "image/png") -> Image.Image:
+    prefix = f"data:{media_type};base64,"
     assert uri.startswith(prefix)
     return Image.open(io.BytesIO(base64.b64decode(uri[len(prefix) :])))
 
@@ -63,8 +63,16 @@ def test_explain_returns_prediction_raw_heatmap_and_overlay(
     heatmap = png_from_data_uri(body["heatmap"])
     assert heatmap.mode == "L" and heatmap.size == (224, 224)
     assert np.asarray(heatmap).max() == 255  # normalised to [0, 1] -> 0..255
-    overlay = png_from_data_uri(body["overlay_image"])
-    assert overlay.size == Image.open(io.BytesIO(bus_jpeg)).size
+    overlay = png_from_data_uri(body["overlay_image"], "image/jpeg")  # the default format
+    assert overlay.size == (405, 540)  # bus.jpg (810 x 1080) halved: the longer side fits the default 640
+
+
+def test_overlay_max_side_asks_for_a_larger_overlay(client: httpx.Client, bus_jpeg: bytes) -> None:
+    data = {"overlay_max_side": "2048", "overlay_format": "png"}
+    reply = client.post("/explain", files=upload(bus_jpeg), data=data)
+    assert reply.status_code == 200, reply.text
+    overlay = png_from_data_uri(reply.json()["overlay_image"])
+    assert overlay.format == "PNG" and overlay.size == Image.open(io.BytesIO(bus_jpeg)).size
 
 
 @pytest.mark.parametrize("target", ["2", "bird"])
@@ -92,9 +100,8 @@ def test_predict_gradcam_keeps_the_original_shape(client: httpx.Client, zidane_j
     body = reply.json()
     assert set(body) >= {"success", "prediction", "top5", "gradcam", "model"}
     assert set(body["prediction"]) == {"class", "class_id", "confidence", "confidence_percent"}
-    assert (
-        png_from_data_uri(body["gradcam"]["heatmap_image"]).size == Image.open(io.BytesIO(zidane_jpeg)).size
-    )
+    # the service's default overlay: JPEG, zidane.jpg (1280 x 720) halved to fit 640
+    assert png_from_data_uri(body["gradcam"]["heatmap_image"], "image/jpeg").size == (640, 360)
     assert body["prediction"]["class"] in body["gradcam"]["description"]
 
 
@@ -115,6 +122,11 @@ def test_predict_gradcam_keeps_the_original_shape(client: httpx.Client, zidane_j
         ({"alpha": "1.5"}, "alpha"),
         ({"alpha": "-0.1"}, "alpha"),
         ({"colormap": "rainbow"}, "accepted: jet, viridis, inferno, turbo, gray"),
+        ({"overlay_max_side": "4096"}, "overlay_max_side must be between 64 and 2048"),
+        ({"overlay_max_side": "-5"}, "overlay_max_side"),
+        ({"overlay_max_side": "9" * 40}, "overlay_max_side"),
+        ({"overlay_max_side": "big"}, "overlay_max_side"),
+        ({"overlay_format": "gif"}, "unknown overlay_format 'gif'; accepted: jpeg, png"),
         ({"model": "nope"}, "available"),
     ],
 )

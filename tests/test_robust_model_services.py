@@ -120,7 +120,7 @@ def test_explain_without_a_client_deadline_succeeds(store: ModelStore, bus_jpeg:
             reply = explainer_pb2_grpc.ExplainerStub(channel).Explain(
                 explainer_pb2.ExplainRequest(image=bus_jpeg)
             )
-        assert reply.overlay_png.startswith(b"\x89PNG") and reply.model.name == "resnet18"
+        assert reply.overlay_jpeg.startswith(b"\xff\xd8") and reply.model.name == "resnet18"
     finally:
         server.stop(0).wait()
         engine.close()

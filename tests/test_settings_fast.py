@@ -146,6 +146,7 @@ MODEL_SERVICES = {"classifier": ClassifierSettings, "explain": ExplainSettings, 
         ("explain", "VISION_EXPLAIN_MAX_BATCH_SIZE", "257", "max_batch_size"),
         ("explain", "VISION_EXPLAIN_MAX_BATCH_DELAY_MS", "-1", "max_batch_delay_ms"),
         ("explain", "VISION_EXPLAIN_MAX_OVERLAY_SIDE", "63", "max_overlay_side"),
+        ("explain", "VISION_EXPLAIN_OVERLAY_SIDE", "63", "overlay_side"),
         ("detector", "VISION_DETECTOR_MAX_BATCH_SIZE", "257", "max_batch_size"),
         ("detector", "VISION_DETECTOR_MAX_DET", "100001", "max_det"),
         ("detector", "VISION_DETECTOR_MAX_IMGSZ", "31", "max_imgsz"),
@@ -160,6 +161,16 @@ def test_model_service_values_out_of_range_are_refused(
     with pytest.raises(ValidationError) as caught:
         MODEL_SERVICES[service]()
     assert field_errors(caught) == {field}
+
+
+def test_the_default_overlay_side_must_fit_within_the_largest_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISION_EXPLAIN_MAX_OVERLAY_SIDE", "600")  # below the default overlay side, 640
+    with pytest.raises(
+        ValidationError, match=r"overlay_side \(640\) must not exceed max_overlay_side \(600\)"
+    ):
+        MODEL_SERVICES["explain"]()
+    monkeypatch.setenv("VISION_EXPLAIN_OVERLAY_SIDE", "512")
+    assert MODEL_SERVICES["explain"]().overlay_side == 512
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ def test_explain_shows_the_overlay_next_to_the_original(page: Page) -> None:
     page.set_input_files("#file", str(ultralytics_asset("zidane.jpg")))
     overlay = page.locator("#overlay")
     expect(overlay).to_be_visible()
-    expect(overlay).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    expect(overlay).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
     expect(page.locator("#overlay-caption")).to_contain_text("gradcampp at layer4")
     assert page.locator("#original").is_visible()
 

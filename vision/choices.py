@@ -104,3 +104,12 @@ COLORMAPS = Choices(
     },
     default="jet",
 )
+
+# How explain_svc encodes overlays; ``default`` is VISION_EXPLAIN_OVERLAY_FORMAT's default (an unset request
+# field means the service's setting). The media type of each is in ``OVERLAY_MEDIA_TYPES``.
+OVERLAY_FORMATS = Choices(
+    "overlay_format",
+    {"jpeg": explainer_pb2.OVERLAY_FORMAT_JPEG, "png": explainer_pb2.OVERLAY_FORMAT_PNG},
+    default="jpeg",
+)
+OVERLAY_MEDIA_TYPES: Mapping[str, str] = {"jpeg": "image/jpeg", "png": "image/png"}

@@ -17,11 +17,12 @@ from gateway.responses import (
     RankedClass,
     TargetClass,
     Timing,
+    data_uri,
     error_responses,
     png_data_uri,
 )
-from gateway.values import image_file, looks_like_integer, parse_int32
-from vision.choices import CAM_METHODS, COLORMAPS, Choices
+from gateway.values import INT32, image_file, looks_like_integer, parse_int32
+from vision.choices import CAM_METHODS, COLORMAPS, OVERLAY_FORMATS, OVERLAY_MEDIA_TYPES, Choices
 from vision.errors import InvalidArgument
 from vision.v1 import common_pb2, explainer_pb2
 
@@ -57,6 +58,8 @@ def build_request(
     model: str,
     version: str,
     top_k: int = 5,
+    overlay_max_side: int = 0,
+    overlay_format: str = "",
 ) -> explainer_pb2.ExplainRequest:
     """``target_class``: a class index ("281", an int32) or a label ("tabby"); empty: the predicted class."""
     request = explainer_pb2.ExplainRequest(
@@ -67,6 +70,9 @@ def build_request(
         alpha=alpha,
         colormap=_enum(COLORMAPS, colormap),  # type: ignore[arg-type]
         top_k=top_k,
+        overlay_max_side=overlay_max_side,
+        # empty: unset, the service's setting
+        overlay_format=_enum(OVERLAY_FORMATS, overlay_format) if overlay_format else 0,  # type: ignore[arg-type]
     )
     target = target_class.strip()
     if looks_like_integer(target):
@@ -74,6 +80,13 @@ def build_request(
     elif target:
         request.target_label = target
     return request
+
+
+def overlay_data_uri(reply: explainer_pb2.ExplainResponse) -> str:
+    """The overlay as a data URI of the media type it was encoded in."""
+    which = reply.WhichOneof("overlay") or "overlay_png"
+    overlay_format = which.removeprefix("overlay_")
+    return data_uri(OVERLAY_MEDIA_TYPES[overlay_format], getattr(reply, which))
 
 
 async def explain_upload(
@@ -101,6 +114,22 @@ async def explain(
     colormap: Annotated[
         str, Form(description="Colours of the overlay", json_schema_extra={"enum": list(COLORMAPS.names)})
     ] = COLORMAPS.default,
+    overlay_max_side: Annotated[
+        int,
+        Form(
+            ge=0,
+            le=INT32.stop - 1,
+            description="Longest side of overlay_image in pixels; 0: the service's default (640). At most "
+            "VISION_EXPLAIN_MAX_OVERLAY_SIDE (2048); a longer photo is shrunk by a whole factor to fit",
+        ),
+    ] = 0,
+    overlay_format: Annotated[
+        str,
+        Form(
+            description="Encoding of overlay_image; empty: the service's default (jpeg)",
+            json_schema_extra={"enum": ["", *OVERLAY_FORMATS.names]},
+        ),
+    ] = "",
     model: Annotated[str, Form(description="Model name; empty: the default model")] = "",
     version: Annotated[str, Form(description="Model version; empty: the newest")] = "",
 ) -> ExplainResponse:
@@ -116,6 +145,8 @@ async def explain(
         colormap=colormap,
         model=model,
         version=version,
+        overlay_max_side=overlay_max_side,
+        overlay_format=overlay_format,
     )
     reply = await explain_upload(backends, request)
     target = reply.target
@@ -126,7 +157,7 @@ async def explain(
         layer=reply.layer,
         target_class=TargetClass(class_=target.label, class_id=target.class_id, confidence=target.score),
         heatmap=png_data_uri(reply.heatmap_png),
-        overlay_image=png_data_uri(reply.overlay_png),
+        overlay_image=overlay_data_uri(reply),
         model=ModelRef.from_proto(reply.model),
         timing_ms=Timing.from_proto(reply.timing),
     )
@@ -164,7 +195,7 @@ async def predict_gradcam(
     return GradcamResponse(
         prediction=Prediction.from_proto(best),
         top5=RankedClass.ranking(reply.top_k),
-        gradcam=Gradcam(heatmap_image=png_data_uri(reply.overlay_png), description=description),
+        gradcam=Gradcam(heatmap_image=overlay_data_uri(reply), description=description),
         model=ModelRef.from_proto(reply.model),
         timing_ms=Timing.from_proto(reply.timing),
     )

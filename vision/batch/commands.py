@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vision.choices import CAM_METHODS, COLORMAPS
+from vision.choices import CAM_METHODS, COLORMAPS, OVERLAY_FORMATS
 from vision.client.settings import ClientSettings
 from vision.errors import InvalidArgument
 
@@ -77,7 +77,7 @@ def add_commands(sub: Any, store_dir: argparse.ArgumentParser) -> None:
         "explain", parents=[store_dir], help="class activation maps of files, folders or globs"
     )
     explain.add_argument("paths", nargs="+", help="image files, folders (searched recursively), globs")
-    explain.add_argument("--out", type=Path, required=True, help="overlay PNGs and index.jsonl go here")
+    explain.add_argument("--out", type=Path, required=True, help="overlays, heatmaps and index.jsonl go here")
     explain.add_argument("--model", default="", help="model name (default: the service's default)")
     explain.add_argument("--version", default="", help="model version (default: the one served)")
     explain.add_argument("--method", default=CAM_METHODS.default, choices=CAM_METHODS.names)
@@ -86,6 +86,13 @@ def add_commands(sub: Any, store_dir: argparse.ArgumentParser) -> None:
     explain.add_argument("--colormap", default=COLORMAPS.default, choices=COLORMAPS.names)
     explain.add_argument("--alpha", type=float, help="overlay opacity of the heatmap (service default)")
     explain.add_argument("--top-k", type=int, default=0, help="classes listed per image (default: 5)")
+    explain.add_argument(
+        "--overlay-max-side", type=int, default=0, help="overlay's longer side in pixels (default: 640)"
+    )
+    explain.add_argument(
+        "--overlay-format", default="", choices=("", *OVERLAY_FORMATS.names),
+        help="overlay encoding (default: the service's, jpeg)",
+    )  # fmt: skip
     _server_options(explain, "explain")
     _local_options(explain, child=True)
     explain.set_defaults(func=cmd_explain)
@@ -215,6 +222,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             client, args.paths, args.out, concurrency=args.concurrency, progress=not args.no_progress,
             model=args.model, version=args.version, method=args.method, layer=args.layer, target=target,
             colormap=args.colormap, alpha=args.alpha, top_k=args.top_k,
+            overlay_max_side=args.overlay_max_side, overlay_format=args.overlay_format,
         )  # fmt: skip
     return _finish(summary, args.out / EXPLAIN_INDEX)
 

@@ -6,7 +6,8 @@ Records (one JSON object per line; the CSV columns are the same keys, lists as J
   detect:   path, model, version, image_width, image_height, boxes [{x1, y1, x2, y2, class_id, class_name,
             confidence}] (original-image pixels), annotated (PNG file name in --annotated DIR, or "")
   explain:  path, model, version, method, layer, prediction, target {id, label, score}, top_k, overlay and
-            heatmap (PNG file names next to the index)
+            heatmap (file names next to the index: the overlay .jpg, or .png with --overlay-format png;
+            the heatmap .png)
 and any record: error (why this image has no result) instead of the results.
 """
 
@@ -42,10 +43,11 @@ def _scored(c: ScoredClass) -> dict[str, Any]:
     return {"id": c.id, "label": c.label, "score": c.score}
 
 
-def png_name(path: Path, suffix: str) -> str:
-    """``<stem>.<8 hex of the path>.<suffix>.png``: unique per input, whatever folder it came from."""
+def png_name(path: Path, suffix: str, extension: str = "png") -> str:
+    """``<stem>.<8 hex of the path>.<suffix>.<extension>``: unique per input, whatever folder it came
+    from."""
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    return f"{path.stem}.{digest}.{suffix}.png"
+    return f"{path.stem}.{digest}.{suffix}.{extension}"
 
 
 def classification_record(path: Path, result: Classification) -> dict[str, Any]:
@@ -68,8 +70,9 @@ def detection_record(path: Path, result: Detection, annotated: Path | None) -> d
 
 
 def explanation_record(path: Path, result: Explanation, out: Path) -> dict[str, Any]:
-    overlay, heatmap = png_name(path, "overlay"), png_name(path, "heatmap")
-    (out / overlay).write_bytes(result.overlay_png)
+    extension = "jpg" if result.overlay_format == "jpeg" else result.overlay_format
+    overlay, heatmap = png_name(path, "overlay", extension), png_name(path, "heatmap")
+    (out / overlay).write_bytes(result.overlay)
     (out / heatmap).write_bytes(result.heatmap_png)
     return {
         "path": str(path), "model": result.model.name, "version": result.model.version,
@@ -141,8 +144,8 @@ def explain_paths(
     progress: bool = False,
     **options: Any,
 ) -> Summary:
-    """A class activation map for every image: ``out/<name>.overlay.png`` and ``.heatmap.png``, indexed
-    by ``out/index.jsonl``. ``options`` as `VisionClient.explain` (model, version, method, layer, ...)."""
+    """A class activation map for every image: ``out/<name>.overlay.jpg`` (or .png) and ``.heatmap.png``,
+    indexed by ``out/index.jsonl``. ``options`` as `VisionClient.explain` (model, version, method, ...)."""
     out.mkdir(parents=True, exist_ok=True)
 
     def call(path: Path) -> dict[str, Any]:

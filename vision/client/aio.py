@@ -137,6 +137,8 @@ class AsyncVisionClient:
         alpha: float | None = None,
         colormap: str = COLORMAPS.default,
         top_k: int = 0,
+        overlay_max_side: int = 0,
+        overlay_format: str = "",
         timeout: float | None = None,
     ) -> Explanation:
         """See `VisionClient.explain`."""
@@ -145,7 +147,8 @@ class AsyncVisionClient:
             "Explain",
             lambda: requests.explain(
                 data, model=model, version=version, method=method, layer=layer, target=target,
-                alpha=alpha, colormap=colormap, top_k=top_k,
+                alpha=alpha, colormap=colormap, top_k=top_k, overlay_max_side=overlay_max_side,
+                overlay_format=overlay_format,
             ),
         )  # fmt: skip
         return Explanation.from_proto(await self._call("Explain", request, timeout))

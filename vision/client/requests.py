@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from vision.choices import ARCHITECTURES, CAM_METHODS, COLORMAPS, OPTIMIZERS, pretrained_by_default
+from vision.choices import (
+    ARCHITECTURES,
+    CAM_METHODS,
+    COLORMAPS,
+    OPTIMIZERS,
+    OVERLAY_FORMATS,
+    pretrained_by_default,
+)
 from vision.client.errors import invalid_request
 from vision.errors import InvalidArgument
 from vision.image.decode import ALLOWED_FORMATS, sniff_format
@@ -62,6 +69,8 @@ def explain(
     alpha: float | None,
     colormap: str,
     top_k: int,
+    overlay_max_side: int = 0,
+    overlay_format: str = "",
 ) -> explainer_pb2.ExplainRequest:
     request = explainer_pb2.ExplainRequest(
         image=image,
@@ -70,6 +79,9 @@ def explain(
         layer=layer,
         colormap=COLORMAPS.to_enum(colormap or COLORMAPS.default),  # type: ignore[arg-type]
         top_k=top_k,
+        overlay_max_side=overlay_max_side,
+        # empty: unset, the service's setting (jpeg by default)
+        overlay_format=OVERLAY_FORMATS.to_enum(overlay_format) if overlay_format else 0,  # type: ignore[arg-type]
     )
     if isinstance(target, bool):
         raise InvalidArgument("target must be a class id or a label, not a bool")

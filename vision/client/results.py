@@ -82,12 +82,14 @@ class Explanation:
     method: str  # "cam", "gradcam", "gradcampp"
     layer: str
     heatmap_png: bytes = field(repr=False)  # 8-bit grayscale at model-input resolution, value = round(255*h)
-    overlay_png: bytes = field(repr=False)  # heatmap over the image, in the geometry the model saw
+    overlay: bytes = field(repr=False)  # heatmap over the image, in the geometry the model saw
+    overlay_format: str  # "jpeg" or "png": how ``overlay`` is encoded
     model: ModelRef
     timing: Timing
 
     @classmethod
     def from_proto(cls, reply: Any) -> Explanation:
+        which = reply.WhichOneof("overlay") or "overlay_png"
         return cls(
             ScoredClass.from_proto(reply.prediction),
             tuple(ScoredClass.from_proto(c) for c in reply.top_k),
@@ -95,7 +97,8 @@ class Explanation:
             CAM_METHODS.from_enum(reply.method),
             reply.layer,
             reply.heatmap_png,
-            reply.overlay_png,
+            getattr(reply, which),
+            which.removeprefix("overlay_"),
             ModelRef.from_proto(reply.model),
             Timing.from_proto(reply.timing),
         )

@@ -135,16 +135,21 @@ class VisionClient:
         alpha: float | None = None,
         colormap: str = COLORMAPS.default,
         top_k: int = 0,
+        overlay_max_side: int = 0,
+        overlay_format: str = "",
         timeout: float | None = None,
     ) -> Explanation:
         """A class activation map: ``method`` one of cam, gradcam, gradcampp; ``target`` a class id or label
-        (None: the predicted class); ``layer`` a module name (empty: the last conv block)."""
+        (None: the predicted class); ``layer`` a module name (empty: the last conv block);
+        ``overlay_max_side`` the overlay's longest side in pixels (0: the service's default, 640);
+        ``overlay_format`` "jpeg" or "png" (empty: the service's default, jpeg)."""
         data = requests.read_image(image)
         request = requests.build(
             "Explain",
             lambda: requests.explain(
                 data, model=model, version=version, method=method, layer=layer, target=target,
-                alpha=alpha, colormap=colormap, top_k=top_k,
+                alpha=alpha, colormap=colormap, top_k=top_k, overlay_max_side=overlay_max_side,
+                overlay_format=overlay_format,
             ),
         )  # fmt: skip
         return Explanation.from_proto(self._call("Explain", request, timeout))

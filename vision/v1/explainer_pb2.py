@@ -25,21 +25,23 @@ _sym_db = _symbol_database.Default()
 from vision.v1 import common_pb2 as vision_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vision/v1/explainer.proto\x12\tvision.v1\x1a\x16vision/v1/common.proto\"\x89\x02\n\x0e\x45xplainRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\"\n\x05model\x18\x02 \x01(\x0b\x32\x13.vision.v1.ModelRef\x12$\n\x06method\x18\x03 \x01(\x0e\x32\x14.vision.v1.CamMethod\x12\x19\n\x0ftarget_class_id\x18\x04 \x01(\x05H\x00\x12\x16\n\x0ctarget_label\x18\x05 \x01(\tH\x00\x12\r\n\x05layer\x18\x06 \x01(\t\x12\x12\n\x05\x61lpha\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12%\n\x08\x63olormap\x18\x08 \x01(\x0e\x32\x13.vision.v1.Colormap\x12\r\n\x05top_k\x18\t \x01(\x05\x42\x08\n\x06targetB\x08\n\x06_alpha\"\xb2\x02\n\x0f\x45xplainResponse\x12*\n\nprediction\x18\x01 \x01(\x0b\x32\x16.vision.v1.ScoredClass\x12%\n\x05top_k\x18\x02 \x03(\x0b\x32\x16.vision.v1.ScoredClass\x12&\n\x06target\x18\x03 \x01(\x0b\x32\x16.vision.v1.ScoredClass\x12$\n\x06method\x18\x04 \x01(\x0e\x32\x14.vision.v1.CamMethod\x12\r\n\x05layer\x18\x05 \x01(\t\x12\x13\n\x0bheatmap_png\x18\x06 \x01(\x0c\x12\x13\n\x0boverlay_png\x18\x07 \x01(\x0c\x12\"\n\x05model\x18\x08 \x01(\x0b\x32\x13.vision.v1.ModelRef\x12!\n\x06timing\x18\t \x01(\x0b\x32\x11.vision.v1.Timing*w\n\tCamMethod\x12\x1a\n\x16\x43\x41M_METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41M_METHOD_CAM\x10\x01\x12\x17\n\x13\x43\x41M_METHOD_GRAD_CAM\x10\x02\x12!\n\x1d\x43\x41M_METHOD_GRAD_CAM_PLUS_PLUS\x10\x03*\x89\x01\n\x08\x43olormap\x12\x18\n\x14\x43OLORMAP_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43OLORMAP_JET\x10\x01\x12\x14\n\x10\x43OLORMAP_VIRIDIS\x10\x02\x12\x14\n\x10\x43OLORMAP_INFERNO\x10\x03\x12\x12\n\x0e\x43OLORMAP_TURBO\x10\x04\x12\x11\n\rCOLORMAP_GRAY\x10\x05\x32M\n\tExplainer\x12@\n\x07\x45xplain\x12\x19.vision.v1.ExplainRequest\x1a\x1a.vision.v1.ExplainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vision/v1/explainer.proto\x12\tvision.v1\x1a\x16vision/v1/common.proto\"\xd5\x02\n\x0e\x45xplainRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\"\n\x05model\x18\x02 \x01(\x0b\x32\x13.vision.v1.ModelRef\x12$\n\x06method\x18\x03 \x01(\x0e\x32\x14.vision.v1.CamMethod\x12\x19\n\x0ftarget_class_id\x18\x04 \x01(\x05H\x00\x12\x16\n\x0ctarget_label\x18\x05 \x01(\tH\x00\x12\r\n\x05layer\x18\x06 \x01(\t\x12\x12\n\x05\x61lpha\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12%\n\x08\x63olormap\x18\x08 \x01(\x0e\x32\x13.vision.v1.Colormap\x12\r\n\x05top_k\x18\t \x01(\x05\x12\x18\n\x10overlay_max_side\x18\n \x01(\x05\x12\x30\n\x0eoverlay_format\x18\x0b \x01(\x0e\x32\x18.vision.v1.OverlayFormatB\x08\n\x06targetB\x08\n\x06_alpha\"\xd7\x02\n\x0f\x45xplainResponse\x12*\n\nprediction\x18\x01 \x01(\x0b\x32\x16.vision.v1.ScoredClass\x12%\n\x05top_k\x18\x02 \x03(\x0b\x32\x16.vision.v1.ScoredClass\x12&\n\x06target\x18\x03 \x01(\x0b\x32\x16.vision.v1.ScoredClass\x12$\n\x06method\x18\x04 \x01(\x0e\x32\x14.vision.v1.CamMethod\x12\r\n\x05layer\x18\x05 \x01(\t\x12\x13\n\x0bheatmap_png\x18\x06 \x01(\x0c\x12\x15\n\x0boverlay_png\x18\x07 \x01(\x0cH\x00\x12\x16\n\x0coverlay_jpeg\x18\n \x01(\x0cH\x00\x12\"\n\x05model\x18\x08 \x01(\x0b\x32\x13.vision.v1.ModelRef\x12!\n\x06timing\x18\t \x01(\x0b\x32\x11.vision.v1.TimingB\t\n\x07overlay*w\n\tCamMethod\x12\x1a\n\x16\x43\x41M_METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41M_METHOD_CAM\x10\x01\x12\x17\n\x13\x43\x41M_METHOD_GRAD_CAM\x10\x02\x12!\n\x1d\x43\x41M_METHOD_GRAD_CAM_PLUS_PLUS\x10\x03*\x89\x01\n\x08\x43olormap\x12\x18\n\x14\x43OLORMAP_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43OLORMAP_JET\x10\x01\x12\x14\n\x10\x43OLORMAP_VIRIDIS\x10\x02\x12\x14\n\x10\x43OLORMAP_INFERNO\x10\x03\x12\x12\n\x0e\x43OLORMAP_TURBO\x10\x04\x12\x11\n\rCOLORMAP_GRAY\x10\x05*`\n\rOverlayFormat\x12\x1e\n\x1aOVERLAY_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13OVERLAY_FORMAT_JPEG\x10\x01\x12\x16\n\x12OVERLAY_FORMAT_PNG\x10\x02\x32M\n\tExplainer\x12@\n\x07\x45xplain\x12\x19.vision.v1.ExplainRequest\x1a\x1a.vision.v1.ExplainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vision.v1.explainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAMMETHOD']._serialized_start=641
-  _globals['_CAMMETHOD']._serialized_end=760
-  _globals['_COLORMAP']._serialized_start=763
-  _globals['_COLORMAP']._serialized_end=900
+  _globals['_CAMMETHOD']._serialized_start=754
+  _globals['_CAMMETHOD']._serialized_end=873
+  _globals['_COLORMAP']._serialized_start=876
+  _globals['_COLORMAP']._serialized_end=1013
+  _globals['_OVERLAYFORMAT']._serialized_start=1015
+  _globals['_OVERLAYFORMAT']._serialized_end=1111
   _globals['_EXPLAINREQUEST']._serialized_start=65
-  _globals['_EXPLAINREQUEST']._serialized_end=330
-  _globals['_EXPLAINRESPONSE']._serialized_start=333
-  _globals['_EXPLAINRESPONSE']._serialized_end=639
-  _globals['_EXPLAINER']._serialized_start=902
-  _globals['_EXPLAINER']._serialized_end=979
+  _globals['_EXPLAINREQUEST']._serialized_end=406
+  _globals['_EXPLAINRESPONSE']._serialized_start=409
+  _globals['_EXPLAINRESPONSE']._serialized_end=752
+  _globals['_EXPLAINER']._serialized_start=1113
+  _globals['_EXPLAINER']._serialized_end=1190
 # @@protoc_insertion_point(module_scope)

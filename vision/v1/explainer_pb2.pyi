@@ -23,6 +23,12 @@ class Colormap(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COLORMAP_INFERNO: _ClassVar[Colormap]
     COLORMAP_TURBO: _ClassVar[Colormap]
     COLORMAP_GRAY: _ClassVar[Colormap]
+
+class OverlayFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OVERLAY_FORMAT_UNSPECIFIED: _ClassVar[OverlayFormat]
+    OVERLAY_FORMAT_JPEG: _ClassVar[OverlayFormat]
+    OVERLAY_FORMAT_PNG: _ClassVar[OverlayFormat]
 CAM_METHOD_UNSPECIFIED: CamMethod
 CAM_METHOD_CAM: CamMethod
 CAM_METHOD_GRAD_CAM: CamMethod
@@ -33,9 +39,12 @@ COLORMAP_VIRIDIS: Colormap
 COLORMAP_INFERNO: Colormap
 COLORMAP_TURBO: Colormap
 COLORMAP_GRAY: Colormap
+OVERLAY_FORMAT_UNSPECIFIED: OverlayFormat
+OVERLAY_FORMAT_JPEG: OverlayFormat
+OVERLAY_FORMAT_PNG: OverlayFormat
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("image", "model", "method", "target_class_id", "target_label", "layer", "alpha", "colormap", "top_k")
+    __slots__ = ("image", "model", "method", "target_class_id", "target_label", "layer", "alpha", "colormap", "top_k", "overlay_max_side", "overlay_format")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +54,8 @@ class ExplainRequest(_message.Message):
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     model: _common_pb2.ModelRef
     method: CamMethod
@@ -54,10 +65,12 @@ class ExplainRequest(_message.Message):
     alpha: float
     colormap: Colormap
     top_k: int
-    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_class_id: _Optional[int] = ..., target_label: _Optional[str] = ..., layer: _Optional[str] = ..., alpha: _Optional[float] = ..., colormap: _Optional[_Union[Colormap, str]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    overlay_max_side: int
+    overlay_format: OverlayFormat
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_class_id: _Optional[int] = ..., target_label: _Optional[str] = ..., layer: _Optional[str] = ..., alpha: _Optional[float] = ..., colormap: _Optional[_Union[Colormap, str]] = ..., top_k: _Optional[int] = ..., overlay_max_side: _Optional[int] = ..., overlay_format: _Optional[_Union[OverlayFormat, str]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("prediction", "top_k", "target", "method", "layer", "heatmap_png", "overlay_png", "model", "timing")
+    __slots__ = ("prediction", "top_k", "target", "method", "layer", "heatmap_png", "overlay_png", "overlay_jpeg", "model", "timing")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +78,7 @@ class ExplainResponse(_message.Message):
     LAYER_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_JPEG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     prediction: _common_pb2.ScoredClass
@@ -74,6 +88,7 @@ class ExplainResponse(_message.Message):
     layer: str
     heatmap_png: bytes
     overlay_png: bytes
+    overlay_jpeg: bytes
     model: _common_pb2.ModelRef
     timing: _common_pb2.Timing
-    def __init__(self, prediction: _Optional[_Union[_common_pb2.ScoredClass, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[_common_pb2.ScoredClass, _Mapping]]] = ..., target: _Optional[_Union[_common_pb2.ScoredClass, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., layer: _Optional[str] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ...) -> None: ...
+    def __init__(self, prediction: _Optional[_Union[_common_pb2.ScoredClass, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[_common_pb2.ScoredClass, _Mapping]]] = ..., target: _Optional[_Union[_common_pb2.ScoredClass, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., layer: _Optional[str] = ..., heatmap_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., overlay_jpeg: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ...) -> None: ...
