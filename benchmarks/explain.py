@@ -5,7 +5,7 @@ same N gRPC clients send the same real photos to each in turn. Printed: images/s
 the ratio explain / classify with the targets (CAM and Grad-CAM at the default layer >= 0.8x; CAM with the
 largest overlay a request may ask for, and Grad-CAM and Grad-CAM++ at a middle layer reported).
 
-    python -m benchmarks.explain                        # 8 clients, 15 s per phase
+    python -m benchmarks.explain                        # 8 clients, 3 interleaved rounds of 15 s phases
     python -m benchmarks.explain --overlay-side 1024    # VISION_EXPLAIN_OVERLAY_SIDE (default 640)
     python -m benchmarks.explain --quick                # a smoke run: 2 clients, 1 s phases
 """
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.classifier.clients import grpc_calls
@@ -95,6 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each service (default: all)")
     parser.add_argument("--overlay-side", type=int, default=0, help="VISION_EXPLAIN_OVERLAY_SIDE")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all phases (default 3)")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2 clients, 1 s phases, 0.5 s warm-up"
@@ -102,13 +104,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        args.concurrency, args.seconds, args.warmup_seconds = 2, 1.0, 0.5
+        args.concurrency, args.seconds, args.warmup_seconds, args.rounds = 2, 1.0, 0.5, 1
     return args
 
 
-def measure(args: argparse.Namespace, store: ModelStore, images: list[bytes], tmp: Path) -> list[Result]:
-    """The classify phase, then one phase per entry of PHASES; one service at a time, so neither competes
-    with the other for the cores."""
+def measure(
+    args: argparse.Namespace, store: ModelStore, images: list[bytes], tmp: Path
+) -> list[list[Result]]:
+    """``args.rounds`` rounds, each the classify phase, then one phase per entry of PHASES. Both services
+    stay up for the run, but only the one under load works (the other idles), so neither competes with the
+    other for the cores; interleaving the rounds spreads slow drifts of the machine over both."""
     env = {
         **thread_env(args.threads),
         "VISION_MODEL_DIR": str(store.root),
@@ -124,31 +129,43 @@ def measure(args: argparse.Namespace, store: ModelStore, images: list[bytes], tm
         "warmup_s": args.warmup_seconds,
         "idle_wait_s": args.wait_idle,
     }
-    results: list[Result] = []
-    with grpc_service("classifier_svc", "VISION_CLASSIFIER_PORT", env, tmp) as svc:
-        calls, close = grpc_calls(svc.address, images, args.concurrency)
-        results.append(run_load("classify", "classifier_svc Classify", calls, pids={"svc": svc.pid}, **load))
-        close()
-    with grpc_service("explain_svc", "VISION_EXPLAIN_PORT", env, tmp) as svc:
-        for key, label, method, layer, side, _ in PHASES:
-            calls, close = explain_calls(svc.address, images, args.concurrency, method, layer, side)
-            results.append(run_load(key, f"explain_svc {label}", calls, pids={"svc": svc.pid}, **load))
+    rounds: list[list[Result]] = []
+    with (
+        grpc_service("classifier_svc", "VISION_CLASSIFIER_PORT", env, tmp) as classifier,
+        grpc_service("explain_svc", "VISION_EXPLAIN_PORT", env, tmp) as explainer,
+    ):
+        for number in range(1, args.rounds + 1):
+            tag = f" (round {number})" if args.rounds > 1 else ""
+            calls, close = grpc_calls(classifier.address, images, args.concurrency)
+            results = [
+                run_load(
+                    "classify", f"classifier_svc Classify{tag}", calls, pids={"svc": classifier.pid}, **load
+                )
+            ]
             close()
-    return results
+            for key, label, method, layer, side, _ in PHASES:
+                calls, close = explain_calls(explainer.address, images, args.concurrency, method, layer, side)
+                pids = {"svc": explainer.pid}
+                results.append(run_load(key, f"explain_svc {label}{tag}", calls, pids=pids, **load))
+                close()
+            rounds.append(results)
+    return rounds
 
 
-def ratios(results: list[Result]) -> list[dict[str, Any]]:
-    """explain / classify images/s per phase, with the targets."""
-    base = results[0].throughput
+def ratios(rounds: list[list[Result]]) -> list[dict[str, Any]]:
+    """Per phase: the median images/s over the rounds, and the median of the per-round ratios explain /
+    classify (each against the classify phase of its own round), with the targets."""
     rows = []
-    for (key, label, _method, _layer, _side, target), result in zip(PHASES, results[1:], strict=True):
-        value = ratio(result.throughput, base)
+    for index, (key, label, _method, _layer, _side, target) in enumerate(PHASES, start=1):
+        per_round = [ratio(r[index].throughput, r[0].throughput) for r in rounds]
+        value = float(np.median(per_round))
         rows.append(
             {
                 "phase": key,
                 "label": label,
-                "images_per_s": round(result.throughput, 3),
+                "images_per_s": round(float(np.median([r[index].throughput for r in rounds])), 3),
                 "ratio": round(value, 3),
+                "ratios": [round(v, 3) for v in per_round],
                 "target": target,
                 "met": None if target is None else value >= target,
             }
@@ -161,13 +178,15 @@ def ratios_table(rows: list[dict[str, Any]]) -> str:
         (
             r["label"],
             fmt(r["images_per_s"]),
-            f"{r['ratio']:.2f}x",
+            f"{r['ratio']:.2f}x"
+            + (f" ({', '.join(f'{v:.2f}' for v in r['ratios'])})" if len(r["ratios"]) > 1 else ""),
             "reported" if r["target"] is None else f">= {r['target']}x",
             "-" if r["met"] is None else ("yes" if r["met"] else "no"),
         )
         for r in rows
     ]
-    return markdown_table(("explain phase", "images/s", "ratio to classify", "target", "met"), "lllll", body)
+    columns = ("explain phase", "images/s (median)", "ratio to classify (median; per round)", "target", "met")
+    return markdown_table(columns, "lllll", body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,22 +195,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"$ {command_line()}\n")
     print(
         f"- {os.cpu_count()} CPU cores, device {args.device}, torch threads per service {args.threads}; "
-        f"{args.concurrency} gRPC clients; {args.seconds:g} s per phase; resnet18, 1000 classes"
+        f"{args.concurrency} gRPC clients; {args.rounds} rounds of {args.seconds:g} s per phase; resnet18, "
+        "1000 classes"
     )
     images = [data for _, data in test_images()]
     with tempfile.TemporaryDirectory(prefix="explain-bench-") as tmp:
         store = ModelStore(Path(tmp) / "models")
         publish_random_model(store, "resnet18")
-        results = measure(args, store, images, Path(tmp))
-    print("\n" + results_table(results))
-    rows = ratios(results)
+        rounds = measure(args, store, images, Path(tmp))
+    print("\n" + results_table([result for results in rounds for result in results]))
+    rows = ratios(rounds)
     print("\n" + ratios_table(rows))
     write_json(
         args.json,
         {
             "command": command_line(),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "results": [r.summary() for r in results],
+            "rounds": [[r.summary() for r in results] for results in rounds],
             "ratios": rows,
         },
     )

@@ -16,6 +16,7 @@ Each call registers its own forward hook and removes it before returning: nothin
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,23 +88,37 @@ class CamResult:
     target: int
 
 
+_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Name -> module of everything with a spatial output (not the head). Walked once per model: a served
+    model's structure does not change, and every request looks its layer up (twice)."""
+    layers = _LAYERS.get(model)
+    if layers is None:
+        head = {"avgpool", "fc", "dropout", "flatten"}
+        layers = {n: m for n, m in model.named_modules() if n and n.split(".")[0] not in head}
+        _LAYERS[model] = layers
+    return layers
+
+
 def layer_names(model: nn.Module) -> list[str]:
     """Module names a heatmap can be computed at: everything with a spatial output (not the head)."""
-    head = {"avgpool", "fc", "dropout", "flatten"}
-    return [n for n, _ in model.named_modules() if n and n.split(".")[0] not in head]
+    return list(_layers(model))
 
 
 def resolve_layer(model: nn.Module, architecture: str, layer: str) -> tuple[str, nn.Module]:
     """(name, module) of the target layer; the last conv block when ``layer`` is empty."""
     name = layer or FINAL_CONV_LAYER[architecture]
-    modules = dict(model.named_modules())
-    if name not in layer_names(model):
-        top = [n for n in layer_names(model) if "." not in n]
+    layers = _layers(model)
+    if name not in layers:
+        names = list(layers)
+        top = [n for n in names if "." not in n]
         raise InvalidArgument(
             f"unknown layer {layer!r} for {architecture}; accepted: {', '.join(top)}, or a submodule such as "
-            f"{layer_names(model)[-1]!r}"
+            f"{names[-1]!r}"
         )
-    return name, modules[name]
+    return name, layers[name]
 
 
 def check_request(model: nn.Module, architecture: str, method: str, layer: str) -> tuple[CamMethod, str]:

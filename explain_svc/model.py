@@ -149,8 +149,9 @@ class ExplainEngine(ServingEngine[LoadedClassifier, tuple[torch.Tensor, int | No
         result = batched.value
         names = model.class_names
         with self.telemetry.encoding():
+            # in place: ``picture`` is this request's own (decoded here, its tensor already made)
             overlay = render_overlay(
-                picture, result.heatmap, box, colormap=options.colormap, alpha=options.alpha
+                picture, result.heatmap, box, colormap=options.colormap, alpha=options.alpha, in_place=True
             )
             encoded = encode_overlay(overlay, overlay_format, self.settings.overlay_jpeg_quality)
             heatmap = heatmap_png(result.heatmap)

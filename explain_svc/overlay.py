@@ -69,11 +69,13 @@ def render_overlay(
     *,
     colormap: str = COLORMAPS.default,
     alpha: float = DEFAULT_ALPHA,
+    in_place: bool = False,
 ) -> Image.Image:
     """The user's image with the coloured heatmap blended over ``crop_box`` (left, top, right, bottom in the
     image's pixels): the region the model saw. Pixels outside it are left as they were.
 
-    The caller shrinks large photos first (`shrink_to_fit`, the box with them).
+    The caller shrinks large photos first (`shrink_to_fit`, the box with them). ``in_place``: draw on
+    ``image`` itself (the caller's own copy: saves copying the photo) instead of a copy.
     ``colormap`` and ``alpha`` are checked by the caller (`check_style`), before any work is queued.
     """
     lut = _lut(colormap)
@@ -87,6 +89,6 @@ def render_overlay(
     heat = Image.fromarray(scaled, mode="F").resize(size, Image.Resampling.BILINEAR).convert("L")
     heat.putpalette(lut.tobytes())  # L -> P
     region = image.crop((left, top, left + size[0], top + size[1]))
-    out = image.copy()
+    out = image if in_place else image.copy()
     out.paste(Image.blend(region, heat.convert("RGB"), alpha), (left, top))
     return out
