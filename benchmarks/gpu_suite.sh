@@ -68,7 +68,7 @@ step tests 120 "$PY" -m pytest -q -rs -s -p no:cacheprovider --junitxml="$OUT/cu
 step classifier 95 "$PY" -m benchmarks.classifier --device cuda --concurrency 32 --seconds 5 \
   --warmup-seconds 2 --bare-seconds 3 --skip-gateway --json "$OUT/classifier.json"
 
-step explain 80 "$PY" -m benchmarks.explain --device cuda --concurrency 16 --seconds 5 --warmup-seconds 2 \
+step explain 80 "$PY" -m benchmarks.explain --device cuda --concurrency 16 --seconds 5 --warmup-seconds 2 --rounds 1 \
   --json "$OUT/explain.json"
 
 detector_runtimes=()
