@@ -238,6 +238,7 @@ def test_concurrent_requests_each_get_their_own_explanation(
         ({"overlay_max_side": 63}, "overlay_max_side must be between 64 and 2048"),
         ({"overlay_max_side": 2049}, "overlay_max_side must be between 64 and 2048"),
         ({"overlay_max_side": -1}, "or 0 for the default 640"),
+        ({"overlay_format": 42}, "overlay_format 42 is not a known value; accepted: jpeg, png"),
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_accepted_values(
