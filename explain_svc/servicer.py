@@ -8,7 +8,7 @@ import grpc
 
 from explain_svc.model import ExplainEngine, ExplainOptions
 from explain_svc.overlay import DEFAULT_ALPHA
-from vision.choices import CAM_METHODS, COLORMAPS, OVERLAY_FORMATS
+from vision.choices import CAM_METHODS, COLORMAPS, OVERLAY_FORMATS, overlay_field
 from vision.errors import InvalidArgument
 from vision.rpc.deadline import call_timeout
 from vision.rpc.timing import model_ref, timing_message
@@ -68,8 +68,5 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             model=model_ref(result.answered),
             timing=timing_message(result.answered, start),
         )
-        if result.overlay_format == "png":
-            response.overlay_png = result.overlay
-        else:
-            response.overlay_jpeg = result.overlay
+        setattr(response, overlay_field(result.overlay_format), result.overlay)
         return response

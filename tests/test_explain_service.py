@@ -195,6 +195,22 @@ def test_the_default_overlay_is_a_jpeg_of_the_same_picture_at_a_fraction_of_the_
     assert default.heatmap_png == lossless.heatmap_png  # the data itself stays lossless
 
 
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_every_decodable_photo_mode_gets_a_jpeg_overlay(
+    explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], mode: str
+) -> None:
+    # JPEG holds neither alpha nor palettes: the overlay is drawn on the decoded RGB photo whatever came in.
+    stub, _ = explain
+    photo = photo_with_object((700, 500)).convert("L" if mode == "I;16" else mode)
+    if mode == "I;16":
+        photo = Image.fromarray(np.asarray(photo, dtype=np.uint16) * 257)
+    request = explainer_pb2.ExplainRequest(
+        image=encode(photo, "PNG"), model=common_pb2.ModelRef(name="bright")
+    )
+    overlay = Image.open(io.BytesIO(stub.Explain(request, timeout=30).overlay_jpeg))
+    assert (overlay.format, overlay.mode, overlay.size) == ("JPEG", "RGB", (350, 250))
+
+
 def test_concurrent_requests_each_get_their_own_explanation(
     explain: tuple[explainer_pb2_grpc.ExplainerStub, ModelStore], bus_jpeg: bytes, zidane_jpeg: bytes
 ) -> None:

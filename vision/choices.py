@@ -113,3 +113,14 @@ OVERLAY_FORMATS = Choices(
     default="jpeg",
 )
 OVERLAY_MEDIA_TYPES: Mapping[str, str] = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+def overlay_field(overlay_format: str) -> str:
+    """The ExplainResponse field (of its ``overlay`` oneof) that holds an overlay in ``overlay_format``."""
+    return f"overlay_{OVERLAY_FORMATS.check(overlay_format)}"
+
+
+def reply_overlay(reply: explainer_pb2.ExplainResponse) -> tuple[str, bytes]:
+    """(format, bytes) of the overlay an ExplainResponse carries; a reply without one reads as empty PNG."""
+    which = reply.WhichOneof("overlay") or overlay_field("png")
+    return which.removeprefix("overlay_"), getattr(reply, which)

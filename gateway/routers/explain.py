@@ -22,7 +22,14 @@ from gateway.responses import (
     png_data_uri,
 )
 from gateway.values import INT32, image_file, looks_like_integer, parse_int32
-from vision.choices import CAM_METHODS, COLORMAPS, OVERLAY_FORMATS, OVERLAY_MEDIA_TYPES, Choices
+from vision.choices import (
+    CAM_METHODS,
+    COLORMAPS,
+    OVERLAY_FORMATS,
+    OVERLAY_MEDIA_TYPES,
+    Choices,
+    reply_overlay,
+)
 from vision.errors import InvalidArgument
 from vision.v1 import common_pb2, explainer_pb2
 
@@ -84,9 +91,8 @@ def build_request(
 
 def overlay_data_uri(reply: explainer_pb2.ExplainResponse) -> str:
     """The overlay as a data URI of the media type it was encoded in."""
-    which = reply.WhichOneof("overlay") or "overlay_png"
-    overlay_format = which.removeprefix("overlay_")
-    return data_uri(OVERLAY_MEDIA_TYPES[overlay_format], getattr(reply, which))
+    overlay_format, overlay = reply_overlay(reply)
+    return data_uri(OVERLAY_MEDIA_TYPES[overlay_format], overlay)
 
 
 async def explain_upload(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from vision.choices import CAM_METHODS
+from vision.choices import CAM_METHODS, reply_overlay
 from vision.v1 import trainer_pb2
 
 
@@ -89,7 +89,7 @@ class Explanation:
 
     @classmethod
     def from_proto(cls, reply: Any) -> Explanation:
-        which = reply.WhichOneof("overlay") or "overlay_png"
+        overlay_format, overlay = reply_overlay(reply)
         return cls(
             ScoredClass.from_proto(reply.prediction),
             tuple(ScoredClass.from_proto(c) for c in reply.top_k),
@@ -97,8 +97,8 @@ class Explanation:
             CAM_METHODS.from_enum(reply.method),
             reply.layer,
             reply.heatmap_png,
-            getattr(reply, which),
-            which.removeprefix("overlay_"),
+            overlay,
+            overlay_format,
             ModelRef.from_proto(reply.model),
             Timing.from_proto(reply.timing),
         )
